@@ -1,0 +1,1 @@
+//! The SQLite replay store of autodidact.

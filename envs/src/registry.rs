@@ -1,0 +1,233 @@
+//! String IDs to env constructors, like `gym.make`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::bridge;
+use crate::classic::{CartPole, MountainCar, Pendulum};
+use crate::env::Env;
+use crate::error::{EnvError, Result};
+use crate::gridworld::{GridWorld, KEY_DOOR_MAP, SIMPLE_MAP};
+use crate::nonstationary::{Drift, DriftingBandit, NonStationaryCartPole};
+use crate::remote::{RemoteConfig, RemoteEnv, Transport};
+use crate::wrappers::{ClipAction, TimeLimit};
+
+/// A constructor for an exact ID.
+pub type Constructor = Arc<dyn Fn() -> Result<Box<dyn Env>> + Send + Sync>;
+
+/// A constructor for a prefix ID (`gym:`, `exec:`, `tcp:`); it gets the text after the prefix.
+pub type PrefixConstructor = Arc<dyn Fn(&str) -> Result<Box<dyn Env>> + Send + Sync>;
+
+/// A table of env constructors.
+#[derive(Clone, Default)]
+pub struct Registry {
+    exact: BTreeMap<String, Constructor>,
+    prefixes: BTreeMap<String, PrefixConstructor>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ids()).finish()
+    }
+}
+
+fn boxed<E: Env + 'static>(e: E) -> Box<dyn Env> {
+    Box::new(e)
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All built-in IDs. Native envs get the time limits `gym.make` gives them.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        let mut add = |ids: &[&str], c: Constructor| {
+            for id in ids {
+                r.exact.insert((*id).to_string(), c.clone());
+            }
+        };
+        add(
+            &["cartpole", "CartPole-v1"],
+            Arc::new(|| Ok(boxed(TimeLimit::new(CartPole::new(), 500)?))),
+        );
+        add(
+            &["mountaincar", "MountainCar-v0"],
+            Arc::new(|| Ok(boxed(TimeLimit::new(MountainCar::new(), 200)?))),
+        );
+        add(
+            &["pendulum", "Pendulum-v1"],
+            Arc::new(|| Ok(boxed(TimeLimit::new(Pendulum::new(), 200)?))),
+        );
+        add(
+            &["pendulum-clip", "Pendulum-v1-clip"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    ClipAction::new(Pendulum::new()),
+                    200,
+                )?))
+            }),
+        );
+        add(
+            &["cartpole-nonstationary", "CartPoleNonStationary-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    NonStationaryCartPole::pole_length_cycle(20_000)?,
+                    500,
+                )?))
+            }),
+        );
+        add(
+            &["bandit", "Bandit-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    DriftingBandit::new(10, Drift::RandomWalk { sigma: 0.01 }, 1.0)?,
+                    100,
+                )?))
+            }),
+        );
+        add(
+            &["bandit-abrupt", "BanditAbrupt-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    DriftingBandit::new(10, Drift::Abrupt { every: 5_000 }, 1.0)?,
+                    100,
+                )?))
+            }),
+        );
+        add(
+            &["gridworld", "GridWorld-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    GridWorld::from_ascii(SIMPLE_MAP)?,
+                    100,
+                )?))
+            }),
+        );
+        add(
+            &["gridworld-key", "GridWorldKey-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    GridWorld::from_ascii(KEY_DOOR_MAP)?,
+                    200,
+                )?))
+            }),
+        );
+        r.prefixes.insert(
+            "gym:".into(),
+            Arc::new(|id: &str| {
+                Ok(boxed(RemoteEnv::connect(
+                    bridge::gym_transport(id)?,
+                    RemoteConfig::default(),
+                )?))
+            }),
+        );
+        r.prefixes.insert(
+            "exec:".into(),
+            Arc::new(|cmd: &str| {
+                Ok(boxed(RemoteEnv::connect(
+                    Transport::exec(cmd)?,
+                    RemoteConfig::default(),
+                )?))
+            }),
+        );
+        r.prefixes.insert(
+            "tcp:".into(),
+            Arc::new(|addr: &str| {
+                Ok(boxed(RemoteEnv::connect(
+                    Transport::Tcp {
+                        addr: addr.to_string(),
+                    },
+                    RemoteConfig::default(),
+                )?))
+            }),
+        );
+        r
+    }
+
+    /// Registers `id`; an ID taken already is an error (silently shadowing a world would make
+    /// experiments lie).
+    pub fn register<F>(&mut self, id: &str, ctor: F) -> Result<()>
+    where
+        F: Fn() -> Result<Box<dyn Env>> + Send + Sync + 'static,
+    {
+        if self.exact.contains_key(id) || self.prefixes.keys().any(|p| id.starts_with(p.as_str())) {
+            return Err(EnvError::DuplicateId(id.to_string()));
+        }
+        self.exact.insert(id.to_string(), Arc::new(ctor));
+        Ok(())
+    }
+
+    /// Registers a prefix such as `"myworld:"`; `make("myworld:xyz")` calls `ctor("xyz")`.
+    pub fn register_prefix<F>(&mut self, prefix: &str, ctor: F) -> Result<()>
+    where
+        F: Fn(&str) -> Result<Box<dyn Env>> + Send + Sync + 'static,
+    {
+        if prefix.is_empty() || self.prefixes.contains_key(prefix) {
+            return Err(EnvError::DuplicateId(prefix.to_string()));
+        }
+        self.prefixes.insert(prefix.to_string(), Arc::new(ctor));
+        Ok(())
+    }
+
+    /// Builds the env registered under `id`.
+    pub fn make(&self, id: &str) -> Result<Box<dyn Env>> {
+        if let Some(c) = self.exact.get(id) {
+            return c();
+        }
+        for (p, c) in &self.prefixes {
+            if let Some(rest) = id.strip_prefix(p.as_str()) {
+                return c(rest);
+            }
+        }
+        Err(EnvError::UnknownId {
+            id: id.to_string(),
+            known: self.ids().join(", "),
+        })
+    }
+
+    /// Known exact IDs, then prefixes shown as `gym:<id>` etc.
+    pub fn ids(&self) -> Vec<String> {
+        let hint = |p: &str| match p {
+            "gym:" => "gym:<GymnasiumId>".to_string(),
+            "exec:" => "exec:<command line>".to_string(),
+            "tcp:" => "tcp:<host:port>".to_string(),
+            other => format!("{other}<arg>"),
+        };
+        self.exact
+            .keys()
+            .cloned()
+            .chain(self.prefixes.keys().map(|p| hint(p)))
+            .collect()
+    }
+}
+
+fn global() -> &'static RwLock<Registry> {
+    static REG: OnceLock<RwLock<Registry>> = OnceLock::new();
+    REG.get_or_init(|| RwLock::new(Registry::with_builtins()))
+}
+
+/// Builds an env from the process-wide registry (built-ins plus everything `register`ed).
+pub fn make(id: &str) -> Result<Box<dyn Env>> {
+    // Clone the constructor out so a slow constructor (a Python import) holds no lock.
+    let reg = global().read().unwrap_or_else(|e| e.into_inner()).clone();
+    reg.make(id)
+}
+
+/// Registers a constructor in the process-wide registry.
+pub fn register<F>(id: &str, ctor: F) -> Result<()>
+where
+    F: Fn() -> Result<Box<dyn Env>> + Send + Sync + 'static,
+{
+    global()
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .register(id, ctor)
+}
+
+/// IDs known to the process-wide registry.
+pub fn known_ids() -> Vec<String> {
+    global().read().unwrap_or_else(|e| e.into_inner()).ids()
+}

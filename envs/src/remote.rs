@@ -1,0 +1,682 @@
+//! Envs served by an outside peer over the JSON-lines protocol, through a child process's
+//! stdin/stdout (`exec:`) or a TCP socket (`tcp:`).
+//!
+//! Faults are expected, so each has a fixed, documented outcome (also in `PROTOCOL.md`):
+//!
+//! | fault | outcome |
+//! |---|---|
+//! | peer exits, drops the socket, or does not answer within `call_timeout` during `step` | the peer is killed/disconnected, the step returns `truncated = true` with the last observation and `info.peer_fault`; the next `reset` restarts the peer with exponential backoff |
+//! | the same during `reset` | restart with backoff and retry, at most `max_restarts` times, then `EnvError::RestartsExhausted` |
+//! | malformed JSON, NaN/Inf, wrong shape, unknown or unexpected message | `EnvError::Protocol`; the stream can no longer be trusted, so the peer is dropped and the next `reset` restarts it |
+//! | peer answers `error` | `EnvError::Peer`; the session stays up |
+//! | action outside the action space | `EnvError::InvalidAction` before anything is sent |
+//!
+//! Every fault is counted in [`RemoteStats`]. Reading uses `poll(2)` with a deadline, so no
+//! call can hang the runtime, and no helper thread sits between the runtime and the peer.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::env::{Env, Info, Observation, Step};
+use crate::error::{EnvError, ProtocolError, Result};
+use crate::protocol::{self, DEFAULT_MAX_LINE, PROTOCOL_VERSION, Request, Response};
+use crate::space::{Action, Space};
+
+/// Where the peer lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transport {
+    /// A child process spoken to over its stdin/stdout; stderr is inherited.
+    Exec {
+        /// Program to run (looked up in `PATH`).
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// A TCP peer at `host:port`.
+    Tcp {
+        /// Address to connect to.
+        addr: String,
+    },
+}
+
+impl Transport {
+    /// An `Exec` transport from a command line (split on whitespace, with `'…'`, `"…"` and
+    /// backslash escapes; no shell is involved).
+    pub fn exec(command_line: &str) -> Result<Self> {
+        let mut words = split_command_line(command_line)?;
+        if words.is_empty() {
+            return Err(EnvError::Config("empty command line".into()));
+        }
+        let program = words.remove(0);
+        Ok(Transport::Exec {
+            program,
+            args: words,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Transport::Exec { program, args } => format!("exec:{program} {}", args.join(" ")),
+            Transport::Tcp { addr } => format!("tcp:{addr}"),
+        }
+    }
+}
+
+/// Splits a command line into words, honouring quotes and backslashes.
+pub fn split_command_line(s: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"') | None, '\\') => {
+                let next = chars
+                    .next()
+                    .ok_or_else(|| EnvError::Config("command line ends in a backslash".into()))?;
+                cur.push(next);
+                in_word = true;
+            }
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(EnvError::Config(format!("unterminated quote in `{s}`")));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// Timeouts and restart policy of a [`RemoteEnv`].
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// Limit for one `reset`/`step`/`close` answer.
+    pub call_timeout: Duration,
+    /// Limit for connecting plus the `hello` answer (Python peers import slowly).
+    pub connect_timeout: Duration,
+    /// Restart attempts per recovery before giving up.
+    pub max_restarts: u32,
+    /// Wait before the first restart attempt; doubles per consecutive failure.
+    pub backoff_initial: Duration,
+    /// Cap on the wait between attempts.
+    pub backoff_max: Duration,
+    /// Longest accepted line, in bytes.
+    pub max_line: usize,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
+            max_restarts: 5,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            max_line: DEFAULT_MAX_LINE,
+        }
+    }
+}
+
+/// Counters of faults and recoveries, for dashboards and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// Successful restarts (or reconnects) of the peer.
+    pub restarts: u64,
+    /// Peer exits / disconnects / IO failures noticed.
+    pub disconnects: u64,
+    /// Calls that ran out of time.
+    pub timeouts: u64,
+    /// Protocol violations by the peer.
+    pub protocol_errors: u64,
+    /// `error` answers from the peer.
+    pub peer_errors: u64,
+    /// Episodes ended as truncated because of a fault.
+    pub truncated_by_fault: u64,
+}
+
+struct Conn {
+    child: Option<Child>,
+    writer: Box<dyn Write + Send>,
+    reader: Box<dyn Read + Send>,
+    fd: RawFd,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Conn {
+    fn open(transport: &Transport, timeout: Duration) -> Result<Self> {
+        match transport {
+            Transport::Exec { program, args } => {
+                let mut child = Command::new(program)
+                    .args(args)
+                    .env("PYTHONUNBUFFERED", "1")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| EnvError::io(format!("spawn `{program}`"), e))?;
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(EnvError::Config("child pipes unavailable".into()));
+                };
+                Ok(Self {
+                    child: Some(child),
+                    fd: stdout.as_raw_fd(),
+                    writer: Box::new(stdin),
+                    reader: Box::new(stdout),
+                    buf: Vec::with_capacity(4096),
+                    start: 0,
+                })
+            }
+            Transport::Tcp { addr } => {
+                let addrs = addr
+                    .to_socket_addrs()
+                    .map_err(|e| EnvError::io(format!("resolve `{addr}`"), e))?;
+                let mut last = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, timeout) {
+                        Ok(stream) => {
+                            // One small message per step each way: Nagle would add latency.
+                            stream
+                                .set_nodelay(true)
+                                .map_err(|e| EnvError::io("set TCP_NODELAY", e))?;
+                            let writer = stream
+                                .try_clone()
+                                .map_err(|e| EnvError::io("clone socket", e))?;
+                            return Ok(Self {
+                                child: None,
+                                fd: stream.as_raw_fd(),
+                                writer: Box::new(writer),
+                                reader: Box::new(stream),
+                                buf: Vec::with_capacity(4096),
+                                start: 0,
+                            });
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(EnvError::io(
+                    format!("connect to `{addr}`"),
+                    last.unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address")),
+                ))
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8], op: &str) -> Result<()> {
+        let r = self
+            .writer
+            .write_all(bytes)
+            .and_then(|_| self.writer.flush());
+        r.map_err(|e| match e.kind() {
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                EnvError::Disconnected { op: op.into() }
+            }
+            _ => EnvError::io(format!("write `{op}`"), e),
+        })
+    }
+
+    /// Waits until `fd` is readable or `deadline` passes. Returns false on timeout.
+    fn wait_readable(&self, deadline: Instant) -> std::io::Result<bool> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let ms = (deadline - now)
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32;
+            let mut pfd = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1; the
+            // fd is owned by `self.reader`, which outlives this call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc > 0 {
+                return Ok(true);
+            }
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    fn recv(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        max_line: usize,
+        op: &str,
+    ) -> Result<Response> {
+        loop {
+            if let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+                let line_end = self.start + pos;
+                let r = protocol::decode_response(&self.buf[self.start..line_end]);
+                self.start = line_end + 1;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return r.map_err(EnvError::Protocol);
+            }
+            if self.buf.len() - self.start > max_line {
+                return Err(ProtocolError::TooLong { limit: max_line }.into());
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            if !self
+                .wait_readable(deadline)
+                .map_err(|e| EnvError::io("poll", e))?
+            {
+                return Err(EnvError::Timeout {
+                    op: op.into(),
+                    timeout,
+                });
+            }
+            let old = self.buf.len();
+            self.buf.resize(old + 65536, 0);
+            let n = loop {
+                match self.reader.read(&mut self.buf[old..]) {
+                    Ok(n) => break Ok(n),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            self.buf.truncate(old + *n.as_ref().unwrap_or(&0));
+            match n {
+                Ok(0) => return Err(EnvError::Disconnected { op: op.into() }),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    return Err(EnvError::Disconnected { op: op.into() });
+                }
+                Err(e) => return Err(EnvError::io(format!("read answer to `{op}`"), e)),
+            }
+        }
+    }
+
+    fn shutdown(&mut self, grace: Duration) {
+        if let Some(child) = self.child.as_mut() {
+            // Closing stdin tells a well-behaved peer to exit; then give it a moment.
+            self.writer = Box::new(std::io::sink());
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(_)) => {
+                        self.child = None;
+                        return;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A peer that is not needed any more (or misbehaved) must not linger or become a
+            // zombie; kill is harmless if it already exited.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Episode {
+    NeedsReset,
+    Running,
+}
+
+/// An env whose world lives in another process, reached over a [`Transport`].
+pub struct RemoteEnv {
+    transport: Transport,
+    cfg: RemoteConfig,
+    conn: Option<Conn>,
+    obs_space: Space,
+    act_space: Space,
+    name: Option<String>,
+    stats: RemoteStats,
+    episode: Episode,
+    last_obs: Observation,
+    consecutive_failures: u32,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for RemoteEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteEnv")
+            .field("transport", &self.transport)
+            .field("name", &self.name)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn handshake(conn: &mut Conn, cfg: &RemoteConfig) -> Result<(Space, Space, Option<String>)> {
+    let mut out = Vec::new();
+    protocol::encode_request(
+        &Request::Hello {
+            protocol: PROTOCOL_VERSION,
+        },
+        &mut out,
+    );
+    conn.send(&out, "hello")?;
+    let deadline = Instant::now() + cfg.connect_timeout;
+    match conn.recv(deadline, cfg.connect_timeout, cfg.max_line, "hello")? {
+        Response::Hello {
+            protocol,
+            observation_space,
+            action_space,
+            name,
+        } => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(ProtocolError::Version {
+                    ours: PROTOCOL_VERSION,
+                    theirs: protocol,
+                }
+                .into());
+            }
+            Ok((observation_space, action_space, name))
+        }
+        Response::Error { message } => Err(EnvError::Peer(message)),
+        other => Err(ProtocolError::Unexpected {
+            expected: "hello".into(),
+            got: other.kind().into(),
+        }
+        .into()),
+    }
+}
+
+fn is_transport_fault(e: &EnvError) -> bool {
+    matches!(
+        e,
+        EnvError::Timeout { .. } | EnvError::Disconnected { .. } | EnvError::Io { .. }
+    )
+}
+
+impl RemoteEnv {
+    /// Starts (or connects to) the peer and performs the handshake.
+    pub fn connect(transport: Transport, cfg: RemoteConfig) -> Result<Self> {
+        let mut conn = Conn::open(&transport, cfg.connect_timeout)?;
+        let (obs_space, act_space, name) = handshake(&mut conn, &cfg)?;
+        Ok(Self {
+            transport,
+            cfg,
+            conn: Some(conn),
+            obs_space,
+            act_space,
+            name,
+            stats: RemoteStats::default(),
+            episode: Episode::NeedsReset,
+            last_obs: Vec::new(),
+            consecutive_failures: 0,
+            out: Vec::with_capacity(256),
+        })
+    }
+
+    /// Fault and recovery counters so far.
+    pub fn stats(&self) -> &RemoteStats {
+        &self.stats
+    }
+
+    /// The name the peer gave in its handshake.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// OS process id of the child, for `exec:` peers that are running.
+    pub fn child_pid(&self) -> Option<u32> {
+        self.conn
+            .as_ref()
+            .and_then(|c| c.child.as_ref())
+            .map(Child::id)
+    }
+
+    fn count(&mut self, e: &EnvError) {
+        match e {
+            EnvError::Timeout { .. } => self.stats.timeouts += 1,
+            EnvError::Disconnected { .. } | EnvError::Io { .. } => self.stats.disconnects += 1,
+            EnvError::Protocol(_) => self.stats.protocol_errors += 1,
+            EnvError::Peer(_) => self.stats.peer_errors += 1,
+            _ => {}
+        }
+    }
+
+    fn drop_conn(&mut self, e: &EnvError) {
+        tracing::warn!(peer = %self.transport.describe(), error = %e, "dropping env peer");
+        self.conn = None;
+        self.episode = Episode::NeedsReset;
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        let mut last = String::from("no attempt made");
+        for attempt in 1..=self.cfg.max_restarts {
+            let factor = 1u32 << self.consecutive_failures.min(16);
+            let wait = self
+                .cfg
+                .backoff_initial
+                .saturating_mul(factor)
+                .min(self.cfg.backoff_max);
+            std::thread::sleep(wait);
+            let r = Conn::open(&self.transport, self.cfg.connect_timeout)
+                .and_then(|mut c| handshake(&mut c, &self.cfg).map(|spaces| (c, spaces)));
+            match r {
+                Ok((conn, (obs, act, _))) if obs == self.obs_space && act == self.act_space => {
+                    tracing::info!(peer = %self.transport.describe(), attempt, "env peer restarted");
+                    self.conn = Some(conn);
+                    self.stats.restarts += 1;
+                    return Ok(());
+                }
+                Ok(_) => {
+                    last = "peer came back with different spaces".into();
+                    self.consecutive_failures += 1;
+                }
+                Err(e) => {
+                    self.count(&e);
+                    last = e.to_string();
+                    self.consecutive_failures += 1;
+                }
+            }
+        }
+        Err(EnvError::RestartsExhausted {
+            attempts: self.cfg.max_restarts,
+            last,
+        })
+    }
+
+    fn call(&mut self, req: &Request, op: &str) -> Result<Response> {
+        let conn = self.conn.as_mut().ok_or(EnvError::NeedsReset)?;
+        self.out.clear();
+        protocol::encode_request(req, &mut self.out);
+        conn.send(&self.out, op)?;
+        let deadline = Instant::now() + self.cfg.call_timeout;
+        conn.recv(deadline, self.cfg.call_timeout, self.cfg.max_line, op)
+    }
+
+    fn protocol_fault(&mut self, e: EnvError) -> EnvError {
+        self.count(&e);
+        self.drop_conn(&e);
+        e
+    }
+}
+
+impl Env for RemoteEnv {
+    fn observation_space(&self) -> &Space {
+        &self.obs_space
+    }
+    fn action_space(&self) -> &Space {
+        &self.act_space
+    }
+
+    fn reset(&mut self, seed: Option<u64>) -> Result<(Observation, Info)> {
+        let mut faults = 0u32;
+        loop {
+            if self.conn.is_none() {
+                self.restart()?;
+            }
+            match self.call(&Request::Reset { seed }, "reset") {
+                Ok(Response::Reset { obs, info }) => {
+                    if let Err(e) = self.obs_space.check_observation(&obs, "obs") {
+                        return Err(self.protocol_fault(e.into()));
+                    }
+                    self.episode = Episode::Running;
+                    self.consecutive_failures = 0;
+                    self.last_obs.clone_from(&obs);
+                    return Ok((obs, info));
+                }
+                Ok(Response::Error { message }) => {
+                    self.stats.peer_errors += 1;
+                    return Err(EnvError::Peer(message));
+                }
+                Ok(other) => {
+                    let e = ProtocolError::Unexpected {
+                        expected: "reset".into(),
+                        got: other.kind().into(),
+                    };
+                    return Err(self.protocol_fault(e.into()));
+                }
+                Err(e) if is_transport_fault(&e) => {
+                    self.count(&e);
+                    self.drop_conn(&e);
+                    self.consecutive_failures += 1;
+                    faults += 1;
+                    if faults > self.cfg.max_restarts {
+                        return Err(EnvError::RestartsExhausted {
+                            attempts: faults,
+                            last: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(self.protocol_fault(e)),
+            }
+        }
+    }
+
+    fn step(&mut self, action: &Action) -> Result<Step> {
+        if self.episode != Episode::Running {
+            return Err(EnvError::NeedsReset);
+        }
+        self.act_space.validate(action)?;
+        match self.call(
+            &Request::Step {
+                action: action.clone(),
+            },
+            "step",
+        ) {
+            Ok(Response::Step(s)) => {
+                if let Err(e) = self.obs_space.check_observation(&s.obs, "obs") {
+                    return Err(self.protocol_fault(e.into()));
+                }
+                self.last_obs.clone_from(&s.obs);
+                Ok(s)
+            }
+            Ok(Response::Error { message }) => {
+                self.stats.peer_errors += 1;
+                Err(EnvError::Peer(message))
+            }
+            Ok(other) => {
+                let e = ProtocolError::Unexpected {
+                    expected: "step".into(),
+                    got: other.kind().into(),
+                };
+                Err(self.protocol_fault(e.into()))
+            }
+            Err(e) if is_transport_fault(&e) => {
+                self.count(&e);
+                self.drop_conn(&e);
+                self.stats.truncated_by_fault += 1;
+                let mut info = Info::new();
+                let kind = if matches!(e, EnvError::Timeout { .. }) {
+                    "timeout"
+                } else {
+                    "disconnected"
+                };
+                info.insert("peer_fault".into(), json!(kind));
+                info.insert("error".into(), json!(e.to_string()));
+                Ok(Step {
+                    obs: self.last_obs.clone(),
+                    reward: 0.0,
+                    terminated: false,
+                    truncated: true,
+                    info,
+                })
+            }
+            Err(e) => Err(self.protocol_fault(e)),
+        }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.episode = Episode::NeedsReset;
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        let grace = self.cfg.call_timeout.min(Duration::from_secs(1));
+        let r = self.call(&Request::Close, "close");
+        if let Some(mut conn) = self.conn.take() {
+            conn.shutdown(grace);
+        }
+        match r {
+            Ok(Response::Closed) => Ok(()),
+            // A peer that simply exits on `close` is fine too.
+            Err(EnvError::Disconnected { .. }) => Ok(()),
+            Ok(Response::Error { message }) => Err(EnvError::Peer(message)),
+            Ok(other) => Err(ProtocolError::Unexpected {
+                expected: "closed".into(),
+                got: other.kind().into(),
+            }
+            .into()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_split_like_a_shell_would() {
+        assert_eq!(
+            split_command_line(r#"python3 'my env.py' --name "a b" c\ d"#).unwrap(),
+            vec!["python3", "my env.py", "--name", "a b", "c d"]
+        );
+        assert!(split_command_line("python3 'oops").is_err());
+        assert!(split_command_line("").unwrap().is_empty());
+    }
+}

@@ -1,1 +1,33 @@
 //! The SQLite replay store of autodidact.
+//!
+//! Everything an agent lives through is written here, and everything it learns is sampled
+//! from here:
+//!
+//! - [`ReplayStore`] opens (creating or migrating) one SQLite file: runs, episodes,
+//!   transitions, the model registry, reflections and metadata. The schema is in `SCHEMA.md`.
+//! - [`WriterHandle`] / [`Writer`] / [`EpisodeWriter`]: actors buffer whole episodes and send
+//!   them through a bounded channel to one writer thread, which commits them in batches.
+//! - [`Sampler`]: uniform and prioritized sampling with n-step returns from an in-memory
+//!   mirror of the replay window, kept in step with what has been committed.
+//!
+//! This is the only crate of the workspace that knows SQLite.
+#![warn(missing_docs)]
+
+mod error;
+mod mirror;
+mod schema;
+mod store;
+pub mod sumtree;
+mod types;
+mod writer;
+
+pub use error::{ReplayError, Result};
+pub use mirror::{MirrorOptions, NStep, SampleBatch, Sampler};
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use store::{
+    Durability, EpisodeRow, EvictionPolicy, Model, ModelStatus, NewModel, NewReflection,
+    Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary,
+    TransitionRow,
+};
+pub use types::{Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, Run, RunSpec};
+pub use writer::{EpisodeWriter, Writer, WriterHandle, WriterOptions, WriterStats};

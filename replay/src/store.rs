@@ -1,0 +1,1060 @@
+//! The replay store: opening and migrating the file, runs, the model registry, reflections,
+//! metadata and read-only snapshots. All SQL of the crate lives here and in `writer.rs`, so a
+//! second backend only has to replace these two modules.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use crate::error::{ReplayError, Result};
+use crate::mirror::{EpisodeIn, Mirror, MirrorOptions, Sampler};
+use crate::schema::{self, SCHEMA_VERSION};
+use crate::types::{Action, ActionSpace, Dtype, Run, RunSpec, now_secs};
+use crate::writer::{WriterHandle, WriterOptions};
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = NORMAL` in WAL mode: a committed batch survives a crash of the process
+    /// (including `kill -9`); the last batches may be lost on power failure or OS crash.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit is fsynced; survives power failure, costs a sync per
+    /// batch.
+    Full,
+}
+
+/// Which whole episodes leave first when the store is over capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvictionPolicy {
+    /// Oldest episode first.
+    #[default]
+    Fifo,
+    /// Episodes outside the in-memory window first (oldest first), then the episode with the
+    /// lowest mean priority in the window.
+    LowestPriority,
+}
+
+/// Capacity of the file. Limits are checked by the writer after each batch; whole episodes are
+/// deleted in the same transaction as the batch, then the space is returned to the OS by
+/// incremental vacuum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep at most this many transitions.
+    pub max_transitions: Option<u64>,
+    /// Keep at most this many payload bytes (observation and action blobs, see SCHEMA.md).
+    pub max_bytes: Option<u64>,
+    /// Which episodes go first.
+    pub policy: EvictionPolicy,
+}
+
+/// Options of [`ReplayStore::open`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// The in-memory sampling window.
+    pub mirror: MirrorOptions,
+    /// Capacity and eviction.
+    pub retention: Retention,
+    /// How long a connection waits for another one's lock before failing with
+    /// [`ReplayError::Busy`].
+    pub busy_timeout: Duration,
+    /// Hard limit on the file size in pages (`PRAGMA max_page_count`); reaching it fails like
+    /// a full disk. `None` = SQLite's default (effectively unlimited).
+    pub max_pages: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Normal,
+            mirror: MirrorOptions::default(),
+            retention: Retention::default(),
+            busy_timeout: Duration::from_secs(5),
+            max_pages: None,
+        }
+    }
+}
+
+/// Status of a model version in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelStatus {
+    /// Registered, not (or no longer) the one acting.
+    Candidate,
+    /// The model that acts; at most one at a time (enforced by a unique index).
+    Champion,
+    /// Evaluated and turned down; cannot be promoted.
+    Rejected,
+}
+
+impl ModelStatus {
+    /// The name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelStatus::Candidate => "candidate",
+            ModelStatus::Champion => "champion",
+            ModelStatus::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "candidate" => Some(ModelStatus::Candidate),
+            "champion" => Some(ModelStatus::Champion),
+            "rejected" => Some(ModelStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// A model version to register.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewModel {
+    /// The version it was trained from.
+    pub parent: Option<i64>,
+    /// Where the checkpoint lives.
+    pub checkpoint_path: String,
+    /// Checksum of the checkpoint file (e.g. hex SHA-256), to detect a swapped file.
+    pub checksum: String,
+    /// Evaluation metrics, free-form JSON.
+    pub metrics: serde_json::Value,
+}
+
+/// A registered model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Version number (increasing, never reused).
+    pub version: i64,
+    /// The version it was trained from.
+    pub parent: Option<i64>,
+    /// Registration time, Unix seconds.
+    pub created_at: f64,
+    /// Where the checkpoint lives.
+    pub checkpoint_path: String,
+    /// Checksum of the checkpoint.
+    pub checksum: String,
+    /// Evaluation metrics.
+    pub metrics: serde_json::Value,
+    /// Current status.
+    pub status: ModelStatus,
+}
+
+/// A reflection to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReflection {
+    /// Category, e.g. `drift`, `promotion`, `plateau`.
+    pub kind: String,
+    /// Model version it is about.
+    pub model_version: Option<i64>,
+    /// Structured content.
+    pub data: serde_json::Value,
+    /// One human-readable sentence.
+    pub sentence: String,
+}
+
+/// A recorded reflection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reflection {
+    /// Row id.
+    pub id: i64,
+    /// Time, Unix seconds.
+    pub created_at: f64,
+    /// Category.
+    pub kind: String,
+    /// Model version it is about.
+    pub model_version: Option<i64>,
+    /// Structured content.
+    pub data: serde_json::Value,
+    /// One human-readable sentence.
+    pub sentence: String,
+}
+
+/// An episode row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeRow {
+    /// Row id (increasing, never reused).
+    pub id: i64,
+    /// Run it belongs to.
+    pub run_id: i64,
+    /// Model version that acted.
+    pub model_version: Option<i64>,
+    /// Number of transitions.
+    pub length: i64,
+    /// Undiscounted sum of rewards.
+    pub episode_return: f64,
+    /// Ended in a terminal state.
+    pub terminated: bool,
+    /// Cut short.
+    pub truncated: bool,
+    /// Start time, Unix seconds.
+    pub started_at: f64,
+    /// End time, Unix seconds.
+    pub ended_at: f64,
+    /// Observation after the last step.
+    pub final_obs: Vec<f32>,
+    /// Bytes counted against [`Retention::max_bytes`].
+    pub payload_bytes: i64,
+}
+
+/// A transition row, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRow {
+    /// Row id, the id used for priority updates.
+    pub id: i64,
+    /// Episode it belongs to.
+    pub episode_id: i64,
+    /// Step within the episode, from 0.
+    pub step: i64,
+    /// Observation before the action.
+    pub obs: Vec<f32>,
+    /// Action taken.
+    pub action: Action,
+    /// Reward received.
+    pub reward: f32,
+    /// This step ended the episode in a terminal state.
+    pub terminated: bool,
+    /// This step ended the episode by truncation.
+    pub truncated: bool,
+    /// Behaviour log-probability or Q-value, if recorded.
+    pub behaviour: Option<f32>,
+    /// Persisted priority (`None` = the maximum at insertion time).
+    pub priority: Option<f32>,
+}
+
+/// Kept per-run counters (table `run_stats`), maintained in the same transaction as every
+/// insert and eviction so that summaries never scan transitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStats {
+    /// The run.
+    pub run_id: i64,
+    /// Episodes ever written.
+    pub episodes_total: i64,
+    /// Transitions ever written.
+    pub transitions_total: i64,
+    /// Episodes currently stored.
+    pub episodes_kept: i64,
+    /// Transitions currently stored.
+    pub transitions_kept: i64,
+    /// Payload bytes currently stored.
+    pub bytes_kept: i64,
+    /// Sum of returns of stored episodes.
+    pub return_sum_kept: f64,
+}
+
+/// A summary of the whole file, read in one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Schema version of the file.
+    pub schema_version: i64,
+    /// Counters per run.
+    pub runs: Vec<RunStats>,
+    /// Number of registered models.
+    pub models: i64,
+    /// Current champion version.
+    pub champion: Option<i64>,
+    /// Number of reflections.
+    pub reflections: i64,
+}
+
+impl Summary {
+    /// Transitions stored across runs.
+    pub fn transitions_kept(&self) -> i64 {
+        self.runs.iter().map(|r| r.transitions_kept).sum()
+    }
+
+    /// Episodes stored across runs.
+    pub fn episodes_kept(&self) -> i64 {
+        self.runs.iter().map(|r| r.episodes_kept).sum()
+    }
+}
+
+/// Opens a connection with the pragmas every connection of the store needs.
+pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(ReplayError::from)?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    let sync = match opts.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync}; PRAGMA cache_size = -16384;"
+    ))
+    .map_err(ReplayError::from)
+    .map_err(schema::not_a_db(path))?;
+    if let Some(pages) = opts.max_pages {
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    }
+    Ok(conn)
+}
+
+/// The replay store: one SQLite file plus the in-memory sampling window.
+///
+/// One process writes (through [`ReplayStore::start_writer`]); any number of processes may
+/// read, each through its own [`ReplayStore::open_read_only`].
+#[derive(Debug)]
+pub struct ReplayStore {
+    conn: Connection,
+    path: PathBuf,
+    options: StoreOptions,
+    read_only: bool,
+    mirror: Arc<RwLock<Mirror>>,
+    writer_running: Arc<AtomicBool>,
+}
+
+impl ReplayStore {
+    /// Opens (creating or migrating as needed) the store at `path` for writing, and rebuilds
+    /// the in-memory window from the newest episodes.
+    ///
+    /// Refuses a file that is not SQLite ([`ReplayError::NotADatabase`]), an SQLite file of
+    /// another application ([`ReplayError::ForeignDatabase`]) and a newer schema
+    /// ([`ReplayError::TooNew`]).
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<ReplayStore> {
+        let path = path.as_ref().to_path_buf();
+        schema::check_magic(&path)?;
+        let mut conn = connect(&path, false, &options)?;
+        let header = schema::read_header(&conn, &path)?;
+        let fresh = schema::classify(&header, &path)?;
+        if fresh {
+            // Only possible before the first table exists.
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(ReplayError::InvalidArgument(format!(
+                "could not switch {} to WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        if header.version < SCHEMA_VERSION {
+            schema::migrate(&mut conn, header.version)?;
+        }
+        let mirror = Mirror::new(options.mirror);
+        let store = ReplayStore {
+            conn,
+            path,
+            options,
+            read_only: false,
+            mirror: Arc::new(RwLock::new(mirror)),
+            writer_running: Arc::new(AtomicBool::new(false)),
+        };
+        store.rebuild_mirror()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (`SQLITE_OPEN_READ_ONLY`): never writes, never
+    /// migrates, has no sampling window. Each [`ReplayStore::snapshot`] sees one consistent
+    /// state even while another process writes.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<ReplayStore> {
+        let path = path.as_ref().to_path_buf();
+        schema::check_magic(&path)?;
+        let options = StoreOptions {
+            mirror: MirrorOptions {
+                capacity: 0,
+                ..MirrorOptions::default()
+            },
+            ..StoreOptions::default()
+        };
+        let conn = connect(&path, true, &options)?;
+        let header = schema::read_header(&conn, &path)?;
+        schema::classify(&header, &path)?;
+        if header.version < SCHEMA_VERSION {
+            return Err(ReplayError::NeedsMigration {
+                found: header.version,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        Ok(ReplayStore {
+            conn,
+            path,
+            mirror: Arc::new(RwLock::new(Mirror::new(options.mirror))),
+            options,
+            read_only: true,
+            writer_running: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Whether the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Schema version of the file.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// A handle for sampling from the in-memory window.
+    pub fn sampler(&self) -> Sampler {
+        Sampler::new(self.mirror.clone())
+    }
+
+    /// Starts the writer thread (one per store). Episodes sent through its [`crate::Writer`]s
+    /// are committed in batches and then appear in [`ReplayStore::sampler`].
+    pub fn start_writer(&self, options: WriterOptions) -> Result<WriterHandle> {
+        let conn = connect(&self.path, self.read_only, &self.options)?;
+        WriterHandle::start(
+            conn,
+            options,
+            self.options.retention,
+            self.mirror.clone(),
+            self.writer_running.clone(),
+        )
+    }
+
+    /// Records a new run.
+    pub fn create_run(&self, spec: &RunSpec) -> Result<Run> {
+        spec.validate()?;
+        let started_at = now_secs();
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO runs (env_id, obs_dims, obs_dtype, action_space, config, code_version, \
+             started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                spec.env_id,
+                serde_json::to_string(&spec.obs_dims)?,
+                spec.obs_dtype.as_str(),
+                serde_json::to_string(&spec.action_space)?,
+                serde_json::to_string(&spec.config)?,
+                spec.code_version,
+                started_at
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute("INSERT INTO run_stats (run_id) VALUES (?1)", [id])?;
+        tx.commit()?;
+        Ok(Run {
+            id,
+            spec: spec.clone(),
+            started_at,
+        })
+    }
+
+    /// A run by id.
+    pub fn run(&self, id: i64) -> Result<Run> {
+        self.snapshot()?.run(id)
+    }
+
+    /// Registers a model version as a candidate.
+    pub fn register_model(&self, model: &NewModel) -> Result<Model> {
+        let created_at = now_secs();
+        let tx = self.conn.unchecked_transaction()?;
+        if let Some(parent) = model.parent {
+            let exists: Option<i64> = tx
+                .query_row("SELECT version FROM models WHERE version = ?1", [parent], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(ReplayError::NotFound {
+                    what: "parent model",
+                    id: parent,
+                });
+            }
+        }
+        tx.execute(
+            "INSERT INTO models (parent, created_at, checkpoint_path, checksum, metrics, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'candidate')",
+            params![
+                model.parent,
+                created_at,
+                model.checkpoint_path,
+                model.checksum,
+                serde_json::to_string(&model.metrics)?
+            ],
+        )?;
+        let version = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Model {
+            version,
+            parent: model.parent,
+            created_at,
+            checkpoint_path: model.checkpoint_path.clone(),
+            checksum: model.checksum.clone(),
+            metrics: model.metrics.clone(),
+            status: ModelStatus::Candidate,
+        })
+    }
+
+    /// Makes `version` the champion and demotes the previous champion to candidate, in one
+    /// transaction, so there is never a moment with two champions or (after the first
+    /// promotion) none. A rejected model cannot be promoted.
+    pub fn promote(&self, version: i64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        match model_status(&tx, version)? {
+            ModelStatus::Rejected => {
+                return Err(ReplayError::ModelStatus {
+                    version,
+                    reason: "a rejected model cannot be promoted".into(),
+                });
+            }
+            ModelStatus::Champion => return Ok(()),
+            ModelStatus::Candidate => {}
+        }
+        tx.execute(
+            "UPDATE models SET status = 'candidate' WHERE status = 'champion'",
+            [],
+        )?;
+        tx.execute(
+            "UPDATE models SET status = 'champion' WHERE version = ?1",
+            [version],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks a candidate as rejected. The champion cannot be rejected directly: promote its
+    /// replacement first, so that something always acts.
+    pub fn reject(&self, version: i64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        if model_status(&tx, version)? == ModelStatus::Champion {
+            return Err(ReplayError::ModelStatus {
+                version,
+                reason: "the champion cannot be rejected; promote another model first".into(),
+            });
+        }
+        tx.execute(
+            "UPDATE models SET status = 'rejected' WHERE version = ?1",
+            [version],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A model by version.
+    pub fn model(&self, version: i64) -> Result<Model> {
+        self.query_model("WHERE version = ?1", [version])?
+            .ok_or(ReplayError::NotFound {
+                what: "model",
+                id: version,
+            })
+    }
+
+    /// The current champion, if any.
+    pub fn champion(&self) -> Result<Option<Model>> {
+        self.query_model("WHERE status = 'champion'", [])
+    }
+
+    /// The most recently registered model, if any.
+    pub fn latest_model(&self) -> Result<Option<Model>> {
+        self.query_model("ORDER BY version DESC LIMIT 1", [])
+    }
+
+    /// All models, oldest first.
+    pub fn models(&self) -> Result<Vec<Model>> {
+        let mut stmt = self.conn.prepare(&format!("{MODEL_SELECT} ORDER BY version"))?;
+        let rows = stmt.query_map([], model_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn query_model<P: rusqlite::Params>(&self, tail: &str, p: P) -> Result<Option<Model>> {
+        let mut stmt = self.conn.prepare(&format!("{MODEL_SELECT} {tail}"))?;
+        let mut rows = stmt.query_map(p, model_from_row)?;
+        rows.next().transpose()?.transpose()
+    }
+
+    /// Records a reflection; returns its id.
+    pub fn add_reflection(&self, r: &NewReflection) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO reflections (created_at, kind, model_version, data, sentence) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now_secs(),
+                r.kind,
+                r.model_version,
+                serde_json::to_string(&r.data)?,
+                r.sentence
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The newest `limit` reflections, newest first, optionally of one kind only.
+    pub fn reflections(&self, kind: Option<&str>, limit: usize) -> Result<Vec<Reflection>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare(
+            "SELECT id, created_at, kind, model_version, data, sentence FROM reflections \
+             WHERE (?1 IS NULL OR kind = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![kind, limit], |row| {
+            let data: String = row.get(4)?;
+            Ok((
+                Reflection {
+                    id: row.get(0)?,
+                    created_at: row.get(1)?,
+                    kind: row.get(2)?,
+                    model_version: row.get(3)?,
+                    data: serde_json::Value::Null,
+                    sentence: row.get(5)?,
+                },
+                data,
+            ))
+        })?;
+        rows.map(|r| {
+            let (mut refl, data) = r?;
+            refl.data = serde_json::from_str(&data)?;
+            Ok(refl)
+        })
+        .collect()
+    }
+
+    /// Sets a metadata value.
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO metadata (key, value) VALUES (?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// A metadata value, if set.
+    pub fn metadata(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM metadata WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Begins a read snapshot: every query through it sees the same committed state.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>> {
+        let tx = self.conn.unchecked_transaction()?;
+        // A deferred transaction takes its snapshot at the first read; read now so that the
+        // snapshot is pinned at the moment `snapshot()` returns.
+        tx.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(Snapshot { tx })
+    }
+
+    /// Summary of the file (one snapshot; reads only the kept aggregates, never transitions).
+    pub fn summary(&self) -> Result<Summary> {
+        self.snapshot()?.summary()
+    }
+
+    /// Runs `PRAGMA integrity_check`; returns the problems found (empty = healthy).
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let out: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(out.into_iter().filter(|l| l != "ok").collect())
+    }
+
+    /// Returns free pages to the filesystem (`PRAGMA incremental_vacuum`); the writer does
+    /// this itself after evictions.
+    pub fn reclaim_space(&self) -> Result<()> {
+        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+        Ok(())
+    }
+
+    /// Loads the newest episodes that fit into the window, oldest of them first.
+    fn rebuild_mirror(&self) -> Result<()> {
+        let capacity = self.options.mirror.capacity;
+        if capacity == 0 {
+            return Ok(());
+        }
+        // Runs are few; their layouts decide which episodes can share the window, which
+        // follows the shape of the newest episode (as the live mirror follows its first).
+        let mut layouts: HashMap<i64, (Dtype, usize, usize)> = HashMap::new();
+        for run in self.snapshot()?.runs()? {
+            let act_len = match run.spec.action_space {
+                ActionSpace::Discrete { .. } => 0,
+                ActionSpace::Continuous { dim } => dim,
+            };
+            layouts.insert(run.id, (run.spec.obs_dtype, run.spec.obs_len(), act_len));
+        }
+        let mut shape: Option<(usize, usize)> = None;
+        let mut picked: Vec<(i64, Dtype, bool, Vec<u8>)> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, run_id, length, terminated, final_obs FROM episodes ORDER BY id DESC",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut total = 0usize;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let run_id: i64 = row.get(1)?;
+                let len: i64 = row.get(2)?;
+                let len = usize::try_from(len).map_err(|_| corrupt("episodes", id, "length"))?;
+                let &(dtype, obs_len, act_len) = layouts
+                    .get(&run_id)
+                    .ok_or_else(|| corrupt("episodes", id, "unknown run"))?;
+                if *shape.get_or_insert((obs_len, act_len)) != (obs_len, act_len) {
+                    continue;
+                }
+                if total + len > capacity {
+                    break;
+                }
+                total += len;
+                picked.push((id, dtype, row.get(3)?, row.get(4)?));
+            }
+        }
+        let Some((obs_len, act_len)) = shape else {
+            return Ok(());
+        };
+        let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = self.conn.prepare(
+            "SELECT id, step, obs, action_int, action_vec, reward, behaviour, priority \
+             FROM transitions WHERE episode_id = ?1 ORDER BY step",
+        )?;
+        let mut b = RebuildBuf::default();
+        for (ep_id, dtype, terminated, final_blob) in picked.into_iter().rev() {
+            b.clear();
+            let mut rows = stmt.query([ep_id])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let step: i64 = row.get(1)?;
+                if step != b.ids.len() as i64 {
+                    return Err(corrupt("transitions", id, "steps not contiguous from 0"));
+                }
+                b.ids.push(id);
+                let blob: &[u8] = row.get_ref(2)?.as_blob()?;
+                decode_obs(dtype, blob, obs_len, &mut b.obs, "transitions", id)?;
+                if act_len == 0 {
+                    let a: Option<i64> = row.get(3)?;
+                    b.act_int
+                        .push(a.ok_or_else(|| corrupt("transitions", id, "missing action"))?);
+                } else {
+                    let blob: Option<Vec<u8>> = row.get(4)?;
+                    let blob = blob.ok_or_else(|| corrupt("transitions", id, "missing action"))?;
+                    decode_obs(Dtype::F32, &blob, act_len, &mut b.act_vec, "transitions", id)?;
+                }
+                b.rewards.push(row.get::<_, f64>(5)? as f32);
+                b.behaviour
+                    .push(row.get::<_, Option<f64>>(6)?.map_or(f32::NAN, |v| v as f32));
+                b.prio
+                    .push(row.get::<_, Option<f64>>(7)?.map_or(f32::NAN, |v| v as f32));
+            }
+            let mut final_obs = Vec::with_capacity(obs_len);
+            decode_obs(dtype, &final_blob, obs_len, &mut final_obs, "episodes", ep_id)?;
+            mirror.insert(&EpisodeIn {
+                episode_id: ep_id,
+                ids: &b.ids,
+                obs_len,
+                act_len,
+                obs: &b.obs,
+                act_int: &b.act_int,
+                act_vec: &b.act_vec,
+                rewards: &b.rewards,
+                behaviour: &b.behaviour,
+                terminated,
+                final_obs: &final_obs,
+                priorities: Some(&b.prio),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct RebuildBuf {
+    ids: Vec<i64>,
+    obs: Vec<f32>,
+    act_int: Vec<i64>,
+    act_vec: Vec<f32>,
+    rewards: Vec<f32>,
+    behaviour: Vec<f32>,
+    prio: Vec<f32>,
+}
+
+impl RebuildBuf {
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.obs.clear();
+        self.act_int.clear();
+        self.act_vec.clear();
+        self.rewards.clear();
+        self.behaviour.clear();
+        self.prio.clear();
+    }
+}
+
+fn corrupt(table: &'static str, id: i64, reason: &str) -> ReplayError {
+    ReplayError::Corrupt {
+        table,
+        id,
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes one observation blob, checking that it has exactly `len` elements.
+fn decode_obs(
+    dtype: Dtype,
+    blob: &[u8],
+    len: usize,
+    out: &mut Vec<f32>,
+    table: &'static str,
+    id: i64,
+) -> Result<()> {
+    if blob.len() != len * dtype.size() {
+        return Err(corrupt(
+            table,
+            id,
+            &format!(
+                "blob of {} bytes, expected {} {} values",
+                blob.len(),
+                len,
+                dtype.as_str()
+            ),
+        ));
+    }
+    dtype
+        .decode_into(blob, out)
+        .ok_or_else(|| corrupt(table, id, "blob length"))
+}
+
+const MODEL_SELECT: &str =
+    "SELECT version, parent, created_at, checkpoint_path, checksum, metrics, status FROM models";
+
+fn model_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Model>> {
+    let version: i64 = row.get(0)?;
+    let metrics: String = row.get(5)?;
+    let status: String = row.get(6)?;
+    let metrics = match serde_json::from_str(&metrics) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let Some(status) = ModelStatus::parse(&status) else {
+        return Ok(Err(corrupt("models", version, "status")));
+    };
+    Ok(Ok(Model {
+        version,
+        parent: row.get(1)?,
+        created_at: row.get(2)?,
+        checkpoint_path: row.get(3)?,
+        checksum: row.get(4)?,
+        metrics,
+        status,
+    }))
+}
+
+fn model_status(conn: &Connection, version: i64) -> Result<ModelStatus> {
+    let s: Option<String> = conn
+        .query_row("SELECT status FROM models WHERE version = ?1", [version], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let s = s.ok_or(ReplayError::NotFound {
+        what: "model",
+        id: version,
+    })?;
+    ModelStatus::parse(&s).ok_or_else(|| corrupt("models", version, "status"))
+}
+
+/// A consistent read view of the file (an SQLite read transaction). Dropping it ends the
+/// transaction; holding it for long keeps the WAL from being checkpointed, so keep it short.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl Snapshot<'_> {
+    /// The summary as of this snapshot.
+    pub fn summary(&self) -> Result<Summary> {
+        let schema_version = self.tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT run_id, episodes_total, transitions_total, episodes_kept, transitions_kept, \
+             bytes_kept, return_sum_kept FROM run_stats ORDER BY run_id",
+        )?;
+        let runs = stmt
+            .query_map([], |r| {
+                Ok(RunStats {
+                    run_id: r.get(0)?,
+                    episodes_total: r.get(1)?,
+                    transitions_total: r.get(2)?,
+                    episodes_kept: r.get(3)?,
+                    transitions_kept: r.get(4)?,
+                    bytes_kept: r.get(5)?,
+                    return_sum_kept: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let models = self
+            .tx
+            .query_row("SELECT count(*) FROM models", [], |r| r.get(0))?;
+        let champion = self
+            .tx
+            .query_row(
+                "SELECT version FROM models WHERE status = 'champion'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let reflections = self
+            .tx
+            .query_row("SELECT count(*) FROM reflections", [], |r| r.get(0))?;
+        Ok(Summary {
+            schema_version,
+            runs,
+            models,
+            champion,
+            reflections,
+        })
+    }
+
+    /// A run by id.
+    pub fn run(&self, id: i64) -> Result<Run> {
+        let row = self
+            .tx
+            .query_row(
+                "SELECT env_id, obs_dims, obs_dtype, action_space, config, code_version, \
+                 started_at FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, f64>(6)?,
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or(ReplayError::NotFound { what: "run", id })?;
+        let (env_id, dims, dtype, space, config, code_version, started_at) = row;
+        Ok(Run {
+            id,
+            spec: RunSpec {
+                env_id,
+                obs_dims: serde_json::from_str(&dims)?,
+                obs_dtype: Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?,
+                action_space: serde_json::from_str(&space)?,
+                config: serde_json::from_str(&config)?,
+                code_version,
+            },
+            started_at,
+        })
+    }
+
+    /// All runs, oldest first.
+    pub fn runs(&self) -> Result<Vec<Run>> {
+        let mut stmt = self.tx.prepare_cached("SELECT id FROM runs ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        ids.into_iter().map(|id| self.run(id)).collect()
+    }
+
+    /// Episodes, oldest first, of one run or of all runs.
+    pub fn episodes(&self, run_id: Option<i64>) -> Result<Vec<EpisodeRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT e.id, e.run_id, e.model_version, e.length, e.episode_return, e.terminated, \
+             e.truncated, e.started_at, e.ended_at, e.final_obs, e.payload_bytes, r.obs_dtype \
+             FROM episodes e JOIN runs r ON r.id = e.run_id \
+             WHERE (?1 IS NULL OR e.run_id = ?1) ORDER BY e.id",
+        )?;
+        let mut rows = stmt.query([run_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let dtype: String = r.get(11)?;
+            let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?;
+            let blob: &[u8] = r.get_ref(9)?.as_blob()?;
+            let mut final_obs = Vec::new();
+            dtype
+                .decode_into(blob, &mut final_obs)
+                .ok_or_else(|| corrupt("episodes", id, "final_obs length"))?;
+            out.push(EpisodeRow {
+                id,
+                run_id: r.get(1)?,
+                model_version: r.get(2)?,
+                length: r.get(3)?,
+                episode_return: r.get(4)?,
+                terminated: r.get(5)?,
+                truncated: r.get(6)?,
+                started_at: r.get(7)?,
+                ended_at: r.get(8)?,
+                final_obs,
+                payload_bytes: r.get(10)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The transitions of one episode in step order, observations decoded to f32.
+    pub fn transitions(&self, episode_id: i64) -> Result<Vec<TransitionRow>> {
+        let (dtype, space): (String, String) = self
+            .tx
+            .query_row(
+                "SELECT r.obs_dtype, r.action_space FROM episodes e JOIN runs r \
+                 ON r.id = e.run_id WHERE e.id = ?1",
+                [episode_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or(ReplayError::NotFound {
+                what: "episode",
+                id: episode_id,
+            })?;
+        let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", episode_id, "dtype"))?;
+        let space: ActionSpace = serde_json::from_str(&space)?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT id, step, obs, action_int, action_vec, reward, terminated, truncated, \
+             behaviour, priority FROM transitions WHERE episode_id = ?1 ORDER BY step",
+        )?;
+        let mut rows = stmt.query([episode_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let mut obs = Vec::new();
+            dtype
+                .decode_into(r.get_ref(2)?.as_blob()?, &mut obs)
+                .ok_or_else(|| corrupt("transitions", id, "obs length"))?;
+            let action = match space {
+                ActionSpace::Discrete { .. } => Action::Discrete(
+                    r.get::<_, Option<i64>>(3)?
+                        .ok_or_else(|| corrupt("transitions", id, "missing action"))?,
+                ),
+                ActionSpace::Continuous { .. } => {
+                    let blob: Option<Vec<u8>> = r.get(4)?;
+                    let blob = blob.ok_or_else(|| corrupt("transitions", id, "missing action"))?;
+                    let mut v = Vec::new();
+                    Dtype::F32
+                        .decode_into(&blob, &mut v)
+                        .ok_or_else(|| corrupt("transitions", id, "action length"))?;
+                    Action::Continuous(v)
+                }
+            };
+            out.push(TransitionRow {
+                id,
+                episode_id,
+                step: r.get(1)?,
+                obs,
+                action,
+                reward: r.get::<_, f64>(5)? as f32,
+                terminated: r.get(6)?,
+                truncated: r.get(7)?,
+                behaviour: r.get::<_, Option<f64>>(8)?.map(|v| v as f32),
+                priority: r.get::<_, Option<f64>>(9)?.map(|v| v as f32),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,316 @@
+//! Each fault of a peer, produced by a real child process misbehaving on purpose
+//! (`tests/peers/faulty_peer.py`), gives a typed error or a counted recovery.
+
+mod common;
+
+use std::time::Duration;
+
+use autodidact_envs::{Action, Env, EnvError, ProtocolError, RemoteConfig, RemoteEnv, Transport};
+use common::{crate_path, fast_config, have_python};
+
+fn peer(fault: &str, extra: &[&str]) -> Transport {
+    let mut args = vec![
+        crate_path("tests/peers/faulty_peer.py"),
+        "--fault".into(),
+        fault.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Transport::Exec {
+        program: "python3".into(),
+        args,
+    }
+}
+
+fn connect(fault: &str) -> RemoteEnv {
+    RemoteEnv::connect(peer(fault, &[]), fast_config()).unwrap()
+}
+
+const A: Action = Action::Discrete(1);
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[test]
+fn healthy_peer_round_trip_and_clean_close() {
+    if !have_python("healthy_peer_round_trip_and_clean_close") {
+        return;
+    }
+    let mut env = connect("none");
+    assert_eq!(env.name(), Some("faulty"));
+    let (obs, _) = env.reset(Some(1)).unwrap();
+    assert_eq!(obs, vec![0.0, 0.5]);
+    for t in 1..=5 {
+        let s = env.step(&A).unwrap();
+        assert_eq!(s.obs, vec![t as f32, 0.5]);
+        assert!(!s.done());
+    }
+    let pid = env.child_pid().unwrap();
+    env.close().unwrap();
+    assert!(!pid_alive(pid), "peer process still alive after close");
+    assert_eq!(*env.stats(), Default::default());
+}
+
+#[test]
+fn crash_truncates_episode_then_restarts() {
+    if !have_python("crash_truncates_episode_then_restarts") {
+        return;
+    }
+    let mut env = connect("crash");
+    env.reset(None).unwrap();
+    let first_pid = env.child_pid().unwrap();
+    env.step(&A).unwrap();
+    let last = env.step(&A).unwrap();
+    let s = env.step(&A).unwrap(); // the peer exits here
+    assert!(
+        s.truncated && !s.terminated,
+        "crash must end the episode as truncated"
+    );
+    assert_eq!(
+        s.obs, last.obs,
+        "a crashed step reports the last good observation"
+    );
+    assert_eq!(s.info["peer_fault"], "disconnected");
+    assert!(matches!(env.step(&A), Err(EnvError::NeedsReset)));
+    let (obs, _) = env.reset(None).unwrap();
+    assert_eq!(obs, vec![0.0, 0.5]);
+    assert_ne!(
+        env.child_pid().unwrap(),
+        first_pid,
+        "a new process serves after the restart"
+    );
+    assert_eq!(env.stats().restarts, 1);
+    assert_eq!(env.stats().disconnects, 1);
+    assert_eq!(env.stats().truncated_by_fault, 1);
+    assert_eq!(env.step(&A).unwrap().obs, vec![1.0, 0.5]);
+}
+
+#[test]
+fn restarts_are_bounded_with_backoff() {
+    if !have_python("restarts_are_bounded_with_backoff") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let launches = dir.path().join("launches");
+    let l = launches.to_string_lossy().into_owned();
+    let mut env =
+        RemoteEnv::connect(peer("dead-after-first", &["--launches", &l]), fast_config()).unwrap();
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    assert!(env.step(&A).unwrap().truncated);
+    match env.reset(None) {
+        Err(EnvError::RestartsExhausted { attempts, .. }) => assert_eq!(attempts, 3),
+        other => panic!("expected RestartsExhausted, got {other:?}"),
+    }
+    let starts = std::fs::read_to_string(&launches).unwrap().lines().count();
+    assert_eq!(
+        starts,
+        1 + 3,
+        "one original launch plus max_restarts attempts"
+    );
+    assert_eq!(env.stats().restarts, 0);
+}
+
+#[test]
+fn hang_times_out_and_recovers() {
+    if !have_python("hang_times_out_and_recovers") {
+        return;
+    }
+    let mut env = connect("hang");
+    env.reset(None).unwrap();
+    let pid = env.child_pid().unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    let s = env.step(&A).unwrap();
+    assert!(s.truncated);
+    assert_eq!(s.info["peer_fault"], "timeout");
+    assert_eq!(env.stats().timeouts, 1);
+    assert!(!pid_alive(pid), "hung peer must be killed");
+    env.reset(None).unwrap();
+    assert_eq!(env.stats().restarts, 1);
+}
+
+#[test]
+fn hang_at_handshake_is_a_timeout_error() {
+    if !have_python("hang_at_handshake_is_a_timeout_error") {
+        return;
+    }
+    let cfg = RemoteConfig {
+        connect_timeout: Duration::from_millis(700),
+        ..fast_config()
+    };
+    match RemoteEnv::connect(peer("hang-hello", &[]), cfg) {
+        Err(EnvError::Timeout { op, .. }) => assert_eq!(op, "hello"),
+        other => panic!("expected a hello timeout, got {other:?}"),
+    }
+}
+
+fn protocol_fault(fault: &str) -> ProtocolError {
+    let mut env = connect(fault);
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    let e = match env.step(&A) {
+        Err(EnvError::Protocol(p)) => p,
+        other => panic!("{fault}: expected a protocol error, got {other:?}"),
+    };
+    assert_eq!(env.stats().protocol_errors, 1, "{fault}: counted");
+    // The stream is distrusted: stepping needs a reset, which restarts a fresh peer.
+    assert!(matches!(env.step(&A), Err(EnvError::NeedsReset)));
+    env.reset(None).unwrap();
+    assert_eq!(env.stats().restarts, 1, "{fault}: restarted");
+    assert_eq!(env.step(&A).unwrap().obs, vec![1.0, 0.5]);
+    e
+}
+
+#[test]
+fn malformed_json_is_a_protocol_error() {
+    if have_python("malformed_json_is_a_protocol_error") {
+        assert!(matches!(
+            protocol_fault("garbage"),
+            ProtocolError::Malformed(_)
+        ));
+    }
+}
+
+#[test]
+fn nan_is_a_protocol_error() {
+    if have_python("nan_is_a_protocol_error") {
+        assert!(matches!(
+            protocol_fault("nan"),
+            ProtocolError::NonFinite { .. }
+        ));
+    }
+}
+
+#[test]
+fn wrong_shape_is_a_protocol_error() {
+    if have_python("wrong_shape_is_a_protocol_error") {
+        assert_eq!(
+            protocol_fault("shape"),
+            ProtocolError::WrongShape {
+                field: "obs".into(),
+                expected: 2,
+                got: 3
+            }
+        );
+    }
+}
+
+#[test]
+fn unknown_message_is_a_protocol_error() {
+    if have_python("unknown_message_is_a_protocol_error") {
+        assert_eq!(
+            protocol_fault("unknown"),
+            ProtocolError::UnknownMessage("teleport".into())
+        );
+    }
+}
+
+#[test]
+fn endless_line_is_cut_at_the_limit() {
+    if !have_python("endless_line_is_cut_at_the_limit") {
+        return;
+    }
+    let cfg = RemoteConfig {
+        max_line: 100_000,
+        call_timeout: Duration::from_secs(5),
+        ..fast_config()
+    };
+    let mut env = RemoteEnv::connect(peer("longline", &[]), cfg).unwrap();
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    assert!(matches!(
+        env.step(&A),
+        Err(EnvError::Protocol(ProtocolError::TooLong {
+            limit: 100_000
+        }))
+    ));
+}
+
+#[test]
+fn version_mismatch_fails_the_handshake() {
+    if !have_python("version_mismatch_fails_the_handshake") {
+        return;
+    }
+    match RemoteEnv::connect(peer("version", &[]), fast_config()) {
+        Err(EnvError::Protocol(ProtocolError::Version {
+            ours: 1,
+            theirs: 99,
+        })) => {}
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}
+
+#[test]
+fn peer_error_answer_keeps_the_session() {
+    if !have_python("peer_error_answer_keeps_the_session") {
+        return;
+    }
+    let mut env = connect("error");
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    match env.step(&A) {
+        Err(EnvError::Peer(m)) => assert!(m.contains("refused")),
+        other => panic!("expected a peer error, got {other:?}"),
+    }
+    assert_eq!(
+        env.step(&A).unwrap().obs,
+        vec![4.0, 0.5],
+        "session continues after `error`"
+    );
+    assert_eq!(env.stats().peer_errors, 1);
+    assert_eq!(env.stats().restarts, 0);
+}
+
+#[test]
+fn out_of_space_action_is_rejected_before_sending() {
+    if !have_python("out_of_space_action_is_rejected_before_sending") {
+        return;
+    }
+    let mut env = connect("none");
+    env.reset(None).unwrap();
+    assert!(matches!(
+        env.step(&Action::Discrete(2)),
+        Err(EnvError::InvalidAction(_))
+    ));
+    assert!(matches!(
+        env.step(&Action::Continuous(vec![1.0])),
+        Err(EnvError::InvalidAction(_))
+    ));
+    // Nothing reached the peer: its step counter is still at 0.
+    assert_eq!(env.step(&A).unwrap().obs, vec![1.0, 0.5]);
+}
+
+#[test]
+fn missing_program_is_an_io_error() {
+    let t = Transport::Exec {
+        program: "/nonexistent/autodidact-peer".into(),
+        args: vec![],
+    };
+    assert!(matches!(
+        RemoteEnv::connect(t, fast_config()),
+        Err(EnvError::Io { .. })
+    ));
+}
+
+#[test]
+fn refused_tcp_connection_is_an_io_error() {
+    // Bind then drop to get a port that is (almost certainly) closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Transport::Tcp {
+        addr: format!("127.0.0.1:{port}"),
+    };
+    assert!(matches!(
+        RemoteEnv::connect(t, fast_config()),
+        Err(EnvError::Io { .. })
+    ));
+}

@@ -1,1 +1,34 @@
 //! The CPU training core of autodidact.
+//!
+//! A small crate of buffers and kernels with layers on top, in the manner of candle: every
+//! op's backward pass sits next to its forward pass, and tests compare both against an f64
+//! reference. It does no IO beyond reading and writing checkpoints, and knows nothing of
+//! SQLite, tokio, processes or the command line.
+//!
+//! - [`tensor`]: the row-major f32 [`Tensor`].
+//! - [`kernels`]: GEMM (through the `gemm` crate), GEMV, GELU, fused AdamW.
+//! - [`layers`]: Linear, LayerNorm, ReLU, GELU, softmax / log-softmax.
+//! - [`moe`]: the Mixture-of-Experts feed-forward layer and its auxiliary losses.
+//! - [`network`]: the config-driven network (normaliser → input → residual blocks → head).
+//! - [`loss`], [`optim`]: losses, AdamW, clipping, the non-finite step guard.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod kernels;
+pub mod layers;
+pub mod loss;
+pub mod moe;
+pub mod network;
+pub mod normalizer;
+pub mod optim;
+pub mod param;
+pub mod tensor;
+
+pub use error::{CoreError, Result};
+pub use moe::{MoeConfig, MoeLayer, MoeStats};
+pub use network::{BlockConfig, HeadConfig, Network, NetworkConfig};
+pub use normalizer::ObsNormalizer;
+pub use optim::{AdamW, AdamWConfig, LrSchedule, StepOutcome};
+pub use param::{Module, Param};
+pub use tensor::Tensor;

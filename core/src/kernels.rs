@@ -1,0 +1,429 @@
+//! Hot loops of the training core: GEMM (through the `gemm` crate), a calling-thread GEMV for
+//! small batches, GELU, bias and reduction helpers, and the fused AdamW update.
+//!
+//! Element-wise kernels are written as plain loops that LLVM vectorises, and compiled twice by
+//! [`multiversion!`]: once for AVX2+FMA and once for the baseline target, picked at run time.
+//! That keeps the binary portable while the machines we train on run 8-wide.
+//!
+//! Every reduction here runs in a fixed order, so a training step is bit-for-bit repeatable
+//! for a given thread count.
+
+/// Defines a function twice (AVX2+FMA and baseline) and dispatches on the running CPU.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if $crate::kernels::has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// True when the CPU runs AVX2 and FMA (the check is cached by the standard library).
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a GEMM may use the rayon pool. Small products stay on the calling thread: waking
+/// a pool costs more than the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Par {
+    /// Run on the calling thread.
+    Seq,
+    /// Split across the current rayon pool.
+    Rayon,
+}
+
+/// `C[m×n] (+)= op(A)[m×k] · op(B)[k×n]`, all row-major.
+///
+/// `a_t` means `A` is stored as its transpose (`k×m`), `b_t` likewise (`n×k`), so the
+/// transposed products of a backward pass need no copies. With `acc`, the product is added to
+/// `C` (used to accumulate weight gradients); otherwise `C` is overwritten.
+///
+/// # Panics
+/// If a slice is shorter than its dimensions say; callers validate shapes at their boundary,
+/// and this check guards the raw pointers handed to the GEMM crate.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    c: &mut [f32],
+    acc: bool,
+    par: Par,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "matmul: slice too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // (row stride, column stride) of each operand as stored.
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let parallelism = match par {
+        Par::Seq => gemm::Parallelism::None,
+        Par::Rayon => gemm::Parallelism::Rayon(0),
+    };
+    // SAFETY: the assert above bounds every access; strides describe dense row-major storage.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+multiversion! {
+    /// `y[m×n] = x[m×k] · w[k×n] (+ bias)` row by row on the calling thread: for batch 1 and
+    /// small batches this beats a blocked GEMM, whose packing costs more than the product.
+    pub fn gemv_rows(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        for r in 0..m {
+            let yr = &mut y[r * n..(r + 1) * n];
+            match bias {
+                Some(b) => yr.copy_from_slice(&b[..n]),
+                None => yr.fill(0.0),
+            }
+            let xr = &x[r * k..(r + 1) * k];
+            for (i, &xi) in xr.iter().enumerate() {
+                let wr = &w[i * n..(i + 1) * n];
+                for (yj, &wj) in yr.iter_mut().zip(wr) {
+                    *yj += xi * wj;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Adds `bias[n]` to every row of `y[m×n]`.
+    pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+        let n = bias.len();
+        for row in y.chunks_exact_mut(n) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[n] += Σ_rows x[m×n]`, rows summed in order (bias gradients).
+    pub fn col_sum_acc(acc: &mut [f32], x: &[f32]) {
+        let n = acc.len();
+        for row in x.chunks_exact(n) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `y += a · x`.
+    pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi += a * xi;
+        }
+    }
+}
+
+multiversion! {
+    /// `y = a · x`.
+    pub fn scale_into(a: f32, x: &[f32], y: &mut [f32]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi = a * xi;
+        }
+    }
+}
+
+multiversion! {
+    /// Dot product, accumulated in 8 lanes then summed in a fixed order.
+    pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        let n8 = x.len().min(y.len()) / 8 * 8;
+        for (xc, yc) in x[..n8].chunks_exact(8).zip(y[..n8].chunks_exact(8)) {
+            for l in 0..8 {
+                lanes[l] += xc[l] * yc[l];
+            }
+        }
+        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        for i in n8..x.len().min(y.len()) {
+            s += x[i] * y[i];
+        }
+        s
+    }
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// `e^x` to about 2e-7 relative error, written so that a loop over it vectorises (no libm
+/// call): range reduction by `ln 2`, a degree-6 polynomial, and the exponent set by bits.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5·2^23 trick: no rounding intrinsic, so it vectorises.
+    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Standard normal CDF Φ(x) and density φ(x), via Abramowitz & Stegun 7.1.26 for erf
+/// (absolute error ≤ 1.5e-7), sharing one exponential.
+#[inline(always)]
+fn phi_and_pdf(x: f32) -> (f32, f32) {
+    let z = x.abs() * FRAC_1_SQRT_2;
+    let e = exp_fast(-z * z); // = exp(-x²/2)
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * e;
+    let erf = erf_abs.copysign(x);
+    (0.5 * (1.0 + erf), e * INV_SQRT_2PI)
+}
+
+/// GELU(x) = x·Φ(x) for one value (exact-erf form, as in PyTorch's default `nn.GELU`).
+#[inline(always)]
+pub fn gelu_scalar(x: f32) -> f32 {
+    x * phi_and_pdf(x).0
+}
+
+multiversion! {
+    /// `a = GELU(h)` element-wise.
+    pub fn gelu_forward(h: &[f32], a: &mut [f32]) {
+        for (ai, &hi) in a.iter_mut().zip(h) {
+            *ai = hi * phi_and_pdf(hi).0;
+        }
+    }
+}
+
+multiversion! {
+    /// `dh = da · GELU'(h)` element-wise, where `GELU'(x) = Φ(x) + x·φ(x)`. In place on `da`.
+    pub fn gelu_backward_inplace(h: &[f32], da: &mut [f32]) {
+        for (di, &hi) in da.iter_mut().zip(h) {
+            let (cdf, pdf) = phi_and_pdf(hi);
+            *di *= cdf + hi * pdf;
+        }
+    }
+}
+
+/// Hyper-parameters of one fused AdamW update, with the bias corrections already computed.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay β₁.
+    pub beta1: f32,
+    /// Second-moment decay β₂.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay λ (0 for parameters that are not decayed).
+    pub weight_decay: f32,
+    /// 1 / (1 − β₁ᵗ).
+    pub inv_bc1: f32,
+    /// 1 / √(1 − β₂ᵗ).
+    pub inv_sqrt_bc2: f32,
+}
+
+multiversion! {
+    /// One AdamW update (Loshchilov & Hutter 2019) over a parameter slice in a single pass:
+    /// moments, bias correction, decoupled weight decay and the step, reading each array once.
+    pub fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+        let (b1, b2) = (s.beta1, s.beta2);
+        let (c1, c2) = (1.0 - b1, 1.0 - b2);
+        let decay = 1.0 - s.lr * s.weight_decay;
+        for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()) {
+            let gi = g[i];
+            let mi = b1 * m[i] + c1 * gi;
+            let vi = b2 * v[i] + c2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            let denom = vi.sqrt() * s.inv_sqrt_bc2 + s.eps;
+            p[i] = p[i] * decay - s.lr * (mi * s.inv_bc1) / denom;
+        }
+    }
+}
+
+multiversion! {
+    /// Σ x² accumulated in f64 per block of 8 lanes, in a fixed order (gradient norms).
+    pub fn sum_sq(x: &[f32]) -> f64 {
+        let mut lanes = [0.0f32; 8];
+        let mut total = 0.0f64;
+        // Flush lanes into f64 every 4096 elements so long tensors do not lose precision.
+        for block in x.chunks(4096) {
+            let n8 = block.len() / 8 * 8;
+            for c in block[..n8].chunks_exact(8) {
+                for l in 0..8 {
+                    lanes[l] += c[l] * c[l];
+                }
+            }
+            for &v in &block[n8..] {
+                lanes[0] += v * v;
+            }
+            for lane in lanes.iter_mut() {
+                total += f64::from(*lane);
+                *lane = 0.0;
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += f64::from(a[i * k + p]) * f64::from(b[p * n + j]);
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    fn transpose(r: usize, c: usize, x: &[f32]) -> Vec<f32> {
+        let mut t = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                t[j * r + i] = x[i * c + j];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn matmul_matches_naive_in_every_transpose_mode() {
+        let (m, n, k) = (37, 29, 53);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 89) as f32 / 89.0 - 0.5)
+            .collect();
+        let want = naive(m, n, k, &a, &b);
+        let at = transpose(m, k, &a);
+        let bt = transpose(k, n, &b);
+        for (aa, a_t) in [(&a, false), (&at, true)] {
+            for (bb, b_t) in [(&b, false), (&bt, true)] {
+                for par in [Par::Seq, Par::Rayon] {
+                    let mut c = vec![1.0; m * n];
+                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, true, par);
+                    for (got, w) in c.iter().zip(&want) {
+                        assert!((got - (w + 1.0)).abs() < 1e-4, "acc a_t={a_t} b_t={b_t}");
+                    }
+                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, false, par);
+                    for (got, w) in c.iter().zip(&want) {
+                        assert!((got - w).abs() < 1e-4, "overwrite a_t={a_t} b_t={b_t}");
+                    }
+                }
+            }
+        }
+        let mut y = vec![0.0; m * n];
+        gemv_rows(m, n, k, &a, &b, None, &mut y);
+        for (got, w) in y.iter().zip(&want) {
+            assert!((got - w).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn exp_and_gelu_match_libm() {
+        let mut worst = 0.0f64;
+        for i in -8000..8000 {
+            let x = i as f32 * 0.01;
+            let rel = (f64::from(exp_fast(x)) - f64::from(x).exp()).abs() / f64::from(x).exp();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 5e-7, "exp_fast worst relative error {worst}");
+        let erf = |x: f64| {
+            // erf by its Taylor series is exact enough on [-4, 4] in f64 for this check.
+            let mut sum = 0.0;
+            let mut term = x;
+            for n in 0..200 {
+                sum += term / (2 * n + 1) as f64;
+                term *= -x * x / (n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        };
+        for i in -400..400 {
+            let x = i as f32 * 0.01;
+            let want = 0.5 * f64::from(x) * (1.0 + erf(f64::from(x) / 2f64.sqrt()));
+            assert!((f64::from(gelu_scalar(x)) - want).abs() < 1e-6, "gelu({x})");
+        }
+    }
+}

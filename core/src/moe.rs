@@ -1,0 +1,782 @@
+//! The Mixture-of-Experts feed-forward layer, forward and backward.
+//!
+//! Routing follows Switch Transformer (Fedus et al. 2021) generalised to top-k (Shazeer et al.
+//! 2017): a linear router `d → E`, softmax, the `k` most probable experts per token with their
+//! probabilities renormalised over the chosen `k`. Each expert is a two-layer GELU MLP
+//! `d → h → d`. Tokens are dispatched by index into per-expert buffers allocated once and
+//! reused, experts run in parallel on the rayon pool, and outputs are combined by a weighted
+//! scatter-add in token order, so results do not depend on thread timing.
+//!
+//! Capacity: with a capacity factor `c`, each expert takes at most `⌈c·T·k/E⌉` assignments.
+//! Assignments are admitted rank-major (every token's first choice before any second choice,
+//! tokens in order within a rank), so a token loses its first choice only when an expert is
+//! full of other first choices. An overflowed assignment contributes nothing; the block's
+//! residual connection carries the token through. Overflows are counted in [`MoeStats`].
+//!
+//! Auxiliary losses, both with gradients: the Switch load-balancing loss `E · Σ_e f_e·P_e`
+//! (`f_e` = share of the `T·k` assignments routed to `e` before capacity, `P_e` = mean router
+//! probability of `e`) and the router z-loss of ST-MoE (Zoph et al. 2022), `mean_t (log Σ_e
+//! exp z_te)²`, which keeps router logits small.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result, shape_err};
+use crate::kernels::{self, Par, col_sum_acc, gemv_rows, matmul};
+use crate::layers::{Linear, par_for};
+use crate::param::{Module, Param};
+use crate::tensor::Tensor;
+
+const DROPPED: u32 = u32::MAX;
+/// Expert work (multiply-adds per step) under which experts run one after another on the
+/// calling thread: waking the pool would cost more than it saves.
+const SEQ_EXPERT_WORK: usize = 1 << 18;
+
+/// Configuration of one MoE feed-forward layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeConfig {
+    /// Model width `d`.
+    pub d_model: usize,
+    /// Expert hidden width `h`.
+    pub d_hidden: usize,
+    /// Number of experts `E`.
+    pub n_experts: usize,
+    /// Experts per token `k`, from 1 to `E`.
+    pub top_k: usize,
+    /// Capacity factor `c`; `None` admits every assignment.
+    #[serde(default)]
+    pub capacity_factor: Option<f32>,
+    /// Standard deviation of Gaussian noise added to router logits while training (noisy
+    /// top-k gating, Shazeer et al. 2017); 0 disables it.
+    #[serde(default)]
+    pub router_noise_std: f32,
+    /// Weight α of the load-balancing loss.
+    #[serde(default = "default_aux")]
+    pub aux_loss_coef: f32,
+    /// Weight β of the router z-loss.
+    #[serde(default = "default_z")]
+    pub z_loss_coef: f32,
+}
+
+fn default_aux() -> f32 {
+    0.01
+}
+fn default_z() -> f32 {
+    1e-3
+}
+
+impl MoeConfig {
+    /// A config with default capacity (none), no noise, α = 0.01 and β = 0.001.
+    pub fn new(d_model: usize, d_hidden: usize, n_experts: usize, top_k: usize) -> Self {
+        MoeConfig {
+            d_model,
+            d_hidden,
+            n_experts,
+            top_k,
+            capacity_factor: None,
+            router_noise_std: 0.0,
+            aux_loss_coef: default_aux(),
+            z_loss_coef: default_z(),
+        }
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(CoreError::Config(m));
+        if self.d_model == 0 || self.d_hidden == 0 {
+            return bad(format!(
+                "moe: d_model and d_hidden must be > 0 (got {} and {})",
+                self.d_model, self.d_hidden
+            ));
+        }
+        if self.n_experts == 0 || self.n_experts > 4096 {
+            return bad(format!(
+                "moe: n_experts must be in 1..=4096 (got {})",
+                self.n_experts
+            ));
+        }
+        if self.top_k == 0 || self.top_k > self.n_experts {
+            return bad(format!(
+                "moe: top_k must be in 1..={} (got {})",
+                self.n_experts, self.top_k
+            ));
+        }
+        if let Some(c) = self.capacity_factor {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!(
+                    "moe: capacity_factor must be a positive number (got {c})"
+                ));
+            }
+        }
+        for (name, v) in [
+            ("router_noise_std", self.router_noise_std),
+            ("aux_loss_coef", self.aux_loss_coef),
+            ("z_loss_coef", self.z_loss_coef),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("moe: {name} must be finite and ≥ 0 (got {v})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-expert capacity for a batch of `tokens`.
+    pub fn capacity(&self, tokens: usize) -> usize {
+        match self.capacity_factor {
+            Some(c) => ((c as f64 * (tokens * self.top_k) as f64 / self.n_experts as f64).ceil()
+                as usize)
+                .max(1),
+            None => tokens,
+        }
+    }
+}
+
+/// One expert: `d → h → d` with GELU.
+#[derive(Clone, Debug)]
+pub struct Expert {
+    /// First layer, `[d, h]` and `[h]`.
+    pub fc1: Linear,
+    /// Second layer, `[h, d]` and `[d]`.
+    pub fc2: Linear,
+}
+
+impl Module for Expert {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param)) {
+        self.fc1.visit_params(f);
+        self.fc2.visit_params(f);
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.fc1.visit_params_mut(f);
+        self.fc2.visit_params_mut(f);
+    }
+}
+
+/// Buffers of one expert, sized for the largest batch seen and then reused.
+#[derive(Clone, Debug, Default)]
+struct ExpertWs {
+    /// Rows admitted this step.
+    n: usize,
+    /// Token of each row.
+    tok: Vec<u32>,
+    /// Gate weight of each row.
+    gate: Vec<f32>,
+    /// Gathered inputs `[n, d]`; reused for `dXe` in backward.
+    xe: Vec<f32>,
+    /// Pre-activations `[n, h]`.
+    h: Vec<f32>,
+    /// Activations `[n, h]`; reused for `dA`/`dH` in backward.
+    a: Vec<f32>,
+    /// Outputs `[n, d]`.
+    ye: Vec<f32>,
+    /// Output gradients `[n, d]`.
+    dye: Vec<f32>,
+}
+
+/// What the router did in the last forward pass, for reflection and analysis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoeStats {
+    /// Tokens in the batch.
+    pub tokens: usize,
+    /// Assignments routed to each expert (before capacity).
+    pub routed: Vec<usize>,
+    /// Assignments each expert actually processed (after capacity).
+    pub kept: Vec<usize>,
+    /// Assignments dropped by capacity (the residual carries those tokens).
+    pub dropped: usize,
+    /// Mean renormalised gate weight of the assignments routed to each expert.
+    pub mean_gate: Vec<f32>,
+    /// Mean over tokens of the router distribution's entropy, in nats.
+    pub router_entropy: f32,
+    /// Load-balancing loss value (unweighted).
+    pub aux_loss: f32,
+    /// Router z-loss value (unweighted).
+    pub z_loss: f32,
+}
+
+/// A Mixture-of-Experts feed-forward layer. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct MoeLayer {
+    cfg: MoeConfig,
+    /// Router `d → E`.
+    pub router: Linear,
+    /// The experts.
+    pub experts: Vec<Expert>,
+    ws: Vec<ExpertWs>,
+    tokens: usize,
+    logits: Vec<f32>,
+    probs: Vec<f32>,
+    lse: Vec<f32>,
+    top_e: Vec<u32>,
+    gates: Vec<f32>,
+    top_sum: Vec<f32>,
+    slot: Vec<u32>,
+    dgate: Vec<f32>,
+    dlogits: Vec<f32>,
+    noise_rng: ChaCha8Rng,
+    stats: MoeStats,
+}
+
+impl MoeLayer {
+    /// A layer with weights drawn from `rng` (PyTorch-style uniform initialisation).
+    pub fn new(name: &str, cfg: MoeConfig, rng: &mut ChaCha8Rng) -> Result<Self> {
+        cfg.validate()?;
+        let (d, h, e) = (cfg.d_model, cfg.d_hidden, cfg.n_experts);
+        let router = Linear::new(&format!("{name}.router"), d, e, rng);
+        let experts = (0..e)
+            .map(|i| Expert {
+                fc1: Linear::new(&format!("{name}.experts.{i}.fc1"), d, h, rng),
+                fc2: Linear::new(&format!("{name}.experts.{i}.fc2"), h, d, rng),
+            })
+            .collect();
+        let noise_rng = ChaCha8Rng::seed_from_u64(rand::Rng::random(rng));
+        Ok(MoeLayer {
+            ws: vec![ExpertWs::default(); e],
+            cfg,
+            router,
+            experts,
+            tokens: 0,
+            logits: Vec::new(),
+            probs: Vec::new(),
+            lse: Vec::new(),
+            top_e: Vec::new(),
+            gates: Vec::new(),
+            top_sum: Vec::new(),
+            slot: Vec::new(),
+            dgate: Vec::new(),
+            dlogits: Vec::new(),
+            noise_rng,
+            stats: MoeStats::default(),
+        })
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &MoeConfig {
+        &self.cfg
+    }
+
+    /// Router statistics of the last forward pass.
+    pub fn stats(&self) -> &MoeStats {
+        &self.stats
+    }
+
+    /// Expert chosen for each token in the last forward pass, `[T, k]` flattened, best first.
+    pub fn last_assignments(&self) -> &[u32] {
+        &self.top_e[..self.tokens * self.cfg.top_k]
+    }
+
+    /// Router probabilities of the last forward pass, `[T, E]` flattened.
+    pub fn last_router_probs(&self) -> &[f32] {
+        &self.probs[..self.tokens * self.cfg.n_experts]
+    }
+
+    /// Weighted auxiliary loss of the last forward pass: `α·aux + β·z`.
+    pub fn weighted_aux_loss(&self) -> f32 {
+        self.cfg.aux_loss_coef * self.stats.aux_loss + self.cfg.z_loss_coef * self.stats.z_loss
+    }
+
+    /// Parameters active per token: router plus `k` experts.
+    pub fn active_params(&self) -> usize {
+        self.router.num_params()
+            + self.cfg.top_k * self.experts.first().map_or(0, |e| e.num_params())
+    }
+
+    /// `y = Σ_j g_j · expert_{e_j}(x)` for `x: [T, d]`; `y` is resized to `[T, d]`.
+    /// With `train`, router noise (if configured) is added.
+    pub fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) -> Result<()> {
+        let (d, e_n, k) = (self.cfg.d_model, self.cfg.n_experts, self.cfg.top_k);
+        x.expect_cols("MoeLayer::forward", d)?;
+        let t_n = x.rows();
+        self.tokens = t_n;
+        self.route(x, train);
+        self.dispatch();
+
+        // Experts: gather → fc1 → GELU → fc2, each on its own buffers.
+        let h = self.cfg.d_hidden;
+        let work = t_n * k * d * h;
+        let run = |(ex, ws): (&Expert, &mut ExpertWs)| expert_forward(ex, ws, x.data(), d, h);
+        if work < SEQ_EXPERT_WORK {
+            self.experts.iter().zip(self.ws.iter_mut()).for_each(run);
+        } else {
+            self.experts
+                .par_iter()
+                .zip(self.ws.par_iter_mut())
+                .for_each(run);
+        }
+
+        // Combine by weighted scatter-add, token by token in rank order (deterministic).
+        y.resize(&[t_n, d]);
+        let (ws, top_e, slot, gates) = (&self.ws, &self.top_e, &self.slot, &self.gates);
+        let combine = |(t, yr): (usize, &mut [f32])| {
+            yr.fill(0.0);
+            for j in 0..k {
+                let a = t * k + j;
+                let s = slot[a];
+                if s != DROPPED {
+                    let w = &ws[top_e[a] as usize];
+                    kernels::axpy(gates[a], &w.ye[s as usize * d..(s as usize + 1) * d], yr);
+                }
+            }
+        };
+        if work < SEQ_EXPERT_WORK {
+            y.data_mut()
+                .chunks_exact_mut(d)
+                .enumerate()
+                .for_each(combine);
+        } else {
+            y.data_mut()
+                .par_chunks_exact_mut(d)
+                .enumerate()
+                .with_min_len(64)
+                .for_each(combine);
+        }
+        let _ = e_n;
+        Ok(())
+    }
+
+    /// Router logits, softmax, top-k, renormalised gates, aux losses and statistics.
+    fn route(&mut self, x: &Tensor, train: bool) {
+        let (d, e_n, k) = (self.cfg.d_model, self.cfg.n_experts, self.cfg.top_k);
+        let t_n = x.rows();
+        self.logits.resize(t_n * e_n, 0.0);
+        self.probs.resize(t_n * e_n, 0.0);
+        self.lse.resize(t_n, 0.0);
+        self.top_e.resize(t_n * k, 0);
+        self.gates.resize(t_n * k, 0.0);
+        self.top_sum.resize(t_n, 0.0);
+        let (wr, br) = (self.router.w.value.data(), self.router.b.value.data());
+        if t_n <= 4 {
+            gemv_rows(t_n, e_n, d, x.data(), wr, Some(br), &mut self.logits);
+        } else {
+            matmul(
+                t_n,
+                e_n,
+                d,
+                x.data(),
+                false,
+                wr,
+                false,
+                &mut self.logits,
+                false,
+                par_for(t_n, e_n, d),
+            );
+            kernels::add_bias(&mut self.logits, br);
+        }
+        if train && self.cfg.router_noise_std > 0.0 {
+            if let Ok(normal) = Normal::new(0.0f32, self.cfg.router_noise_std) {
+                for z in self.logits.iter_mut() {
+                    *z += normal.sample(&mut self.noise_rng);
+                }
+            }
+        }
+        let st = &mut self.stats;
+        st.tokens = t_n;
+        st.routed.clear();
+        st.routed.resize(e_n, 0);
+        st.mean_gate.clear();
+        st.mean_gate.resize(e_n, 0.0);
+        let mut entropy = 0.0f64;
+        let mut z_loss = 0.0f64;
+        for t in 0..t_n {
+            let zr = &self.logits[t * e_n..(t + 1) * e_n];
+            let pr = &mut self.probs[t * e_n..(t + 1) * e_n];
+            let mx = zr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut s = 0.0f32;
+            for (p, &z) in pr.iter_mut().zip(zr) {
+                *p = (z - mx).exp();
+                s += *p;
+            }
+            let inv = 1.0 / s;
+            let mut h = 0.0f32;
+            for p in pr.iter_mut() {
+                *p *= inv;
+                if *p > 0.0 {
+                    h -= *p * p.ln();
+                }
+            }
+            entropy += f64::from(h);
+            let lse = mx + s.ln();
+            self.lse[t] = lse;
+            z_loss += f64::from(lse * lse);
+            // Top-k by repeated arg-max: k and E are small, and ties go to the lower index.
+            let te = &mut self.top_e[t * k..(t + 1) * k];
+            let mut sum = 0.0f32;
+            for j in 0..k {
+                let mut best = usize::MAX;
+                let mut bp = f32::NEG_INFINITY;
+                for (i, &p) in pr.iter().enumerate() {
+                    if p > bp && !te[..j].contains(&(i as u32)) {
+                        best = i;
+                        bp = p;
+                    }
+                }
+                // NaN probabilities never compare greater; fall back to the lowest free index
+                // so routing stays well-defined and the NaN surfaces in the loss instead.
+                if best == usize::MAX {
+                    best = (0..e_n)
+                        .find(|i| !te[..j].contains(&(*i as u32)))
+                        .unwrap_or(0);
+                    bp = pr[best];
+                }
+                te[j] = best as u32;
+                sum += bp;
+            }
+            self.top_sum[t] = sum;
+            for j in 0..k {
+                let g = pr[te[j] as usize] / sum;
+                self.gates[t * k + j] = g;
+                st.routed[te[j] as usize] += 1;
+                st.mean_gate[te[j] as usize] += g;
+            }
+        }
+        let assignments = (t_n * k).max(1) as f32;
+        let mut aux = 0.0f32;
+        for e in 0..e_n {
+            let p_mean: f32 =
+                (0..t_n).map(|t| self.probs[t * e_n + e]).sum::<f32>() / t_n.max(1) as f32;
+            aux += st.routed[e] as f32 / assignments * p_mean;
+            if st.routed[e] > 0 {
+                st.mean_gate[e] /= st.routed[e] as f32;
+            }
+        }
+        st.aux_loss = e_n as f32 * aux;
+        st.z_loss = (z_loss / t_n.max(1) as f64) as f32;
+        st.router_entropy = (entropy / t_n.max(1) as f64) as f32;
+    }
+
+    /// Admits assignments up to capacity, rank-major, and fills each expert's row lists.
+    fn dispatch(&mut self) {
+        let (d, h, k) = (self.cfg.d_model, self.cfg.d_hidden, self.cfg.top_k);
+        let t_n = self.tokens;
+        let cap = self.cfg.capacity(t_n);
+        self.slot.resize(t_n * k, DROPPED);
+        for ws in self.ws.iter_mut() {
+            ws.n = 0;
+        }
+        let mut dropped = 0;
+        for j in 0..k {
+            for t in 0..t_n {
+                let a = t * k + j;
+                let ws = &mut self.ws[self.top_e[a] as usize];
+                if ws.n < cap {
+                    if ws.tok.len() <= ws.n {
+                        ws.tok.push(0);
+                        ws.gate.push(0.0);
+                    }
+                    ws.tok[ws.n] = t as u32;
+                    ws.gate[ws.n] = self.gates[a];
+                    self.slot[a] = ws.n as u32;
+                    ws.n += 1;
+                } else {
+                    self.slot[a] = DROPPED;
+                    dropped += 1;
+                }
+            }
+        }
+        self.stats.dropped = dropped;
+        self.stats.kept.clear();
+        for ws in self.ws.iter_mut() {
+            self.stats.kept.push(ws.n);
+            // Grow-only: after the largest batch has been seen, no step allocates.
+            let n = ws.n;
+            for (buf, w) in [
+                (&mut ws.xe, d),
+                (&mut ws.h, h),
+                (&mut ws.a, h),
+                (&mut ws.ye, d),
+                (&mut ws.dye, d),
+            ] {
+                if buf.len() < n * w {
+                    buf.resize(n * w, 0.0);
+                }
+            }
+        }
+    }
+
+    /// Backward pass for the `x` and upstream gradient `dy` of the last forward. Accumulates
+    /// parameter gradients (experts, router, including both auxiliary losses) and writes `dx`.
+    pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        let (d, h, e_n, k) = (
+            self.cfg.d_model,
+            self.cfg.d_hidden,
+            self.cfg.n_experts,
+            self.cfg.top_k,
+        );
+        let t_n = self.tokens;
+        x.expect_cols("MoeLayer::backward x", d)?;
+        dy.expect_cols("MoeLayer::backward dy", d)?;
+        if x.rows() != t_n || dy.rows() != t_n {
+            return Err(shape_err(
+                "MoeLayer::backward",
+                format!("[{t_n}, {d}] as in the last forward"),
+                dy.shape(),
+            ));
+        }
+        let work = t_n * k * d * h;
+        let seq = work < SEQ_EXPERT_WORK;
+
+        // Gate gradients: dL/dg = dy_t · ye.
+        self.dgate.resize(t_n * k, 0.0);
+        {
+            let (ws, top_e, slot) = (&self.ws, &self.top_e, &self.slot);
+            let dyd = dy.data();
+            let f = |(t, dg): (usize, &mut [f32])| {
+                for j in 0..k {
+                    let a = t * k + j;
+                    let s = slot[a];
+                    dg[j] = if s == DROPPED {
+                        0.0
+                    } else {
+                        let w = &ws[top_e[a] as usize];
+                        kernels::dot(
+                            &dyd[t * d..(t + 1) * d],
+                            &w.ye[s as usize * d..(s as usize + 1) * d],
+                        )
+                    };
+                }
+            };
+            if seq {
+                self.dgate.chunks_exact_mut(k).enumerate().for_each(f);
+            } else {
+                self.dgate
+                    .par_chunks_exact_mut(k)
+                    .enumerate()
+                    .with_min_len(64)
+                    .for_each(f);
+            }
+        }
+
+        // Experts backward, each on its own buffers and gradients.
+        let run = |(ex, ws): (&mut Expert, &mut ExpertWs)| expert_backward(ex, ws, dy.data(), d, h);
+        if seq {
+            self.experts
+                .iter_mut()
+                .zip(self.ws.iter_mut())
+                .for_each(run);
+        } else {
+            self.experts
+                .par_iter_mut()
+                .zip(self.ws.par_iter_mut())
+                .for_each(run);
+        }
+
+        // dx from the experts, token by token in rank order.
+        dx.resize(&[t_n, d]);
+        {
+            let (ws, top_e, slot) = (&self.ws, &self.top_e, &self.slot);
+            let f = |(t, dxr): (usize, &mut [f32])| {
+                dxr.fill(0.0);
+                for j in 0..k {
+                    let a = t * k + j;
+                    let s = slot[a];
+                    if s != DROPPED {
+                        let w = &ws[top_e[a] as usize];
+                        for (o, &v) in dxr
+                            .iter_mut()
+                            .zip(&w.xe[s as usize * d..(s as usize + 1) * d])
+                        {
+                            *o += v;
+                        }
+                    }
+                }
+            };
+            if seq {
+                dx.data_mut().chunks_exact_mut(d).enumerate().for_each(f);
+            } else {
+                dx.data_mut()
+                    .par_chunks_exact_mut(d)
+                    .enumerate()
+                    .with_min_len(64)
+                    .for_each(f);
+            }
+        }
+
+        // Router: gates → probabilities → logits, plus both auxiliary losses.
+        self.dlogits.resize(t_n * e_n, 0.0);
+        let assignments = (t_n * k) as f32;
+        let aux_scale = self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
+        let z_scale = self.cfg.z_loss_coef * 2.0 / t_n as f32;
+        for t in 0..t_n {
+            let pr = &self.probs[t * e_n..(t + 1) * e_n];
+            let dl = &mut self.dlogits[t * e_n..(t + 1) * e_n];
+            // dp from the load-balancing loss: ∂(α·E·Σ f_e·P_e)/∂p_te = α·E·f_e/T.
+            for (e, v) in dl.iter_mut().enumerate() {
+                *v = aux_scale * self.stats.routed[e] as f32 / assignments;
+            }
+            // dp from the renormalised gates g_j = p_j / S.
+            let s = self.top_sum[t];
+            let gd: f32 = (0..k)
+                .map(|j| self.gates[t * k + j] * self.dgate[t * k + j])
+                .sum();
+            for j in 0..k {
+                dl[self.top_e[t * k + j] as usize] += (self.dgate[t * k + j] - gd) / s;
+            }
+            // Softmax backward, then the z-loss term 2β·lse·p/T.
+            let pdp: f32 = pr.iter().zip(dl.iter()).map(|(p, g)| p * g).sum();
+            let zl = z_scale * self.lse[t];
+            for (v, &p) in dl.iter_mut().zip(pr) {
+                *v = p * (*v - pdp) + zl * p;
+            }
+        }
+        let (wr, wg) = (&self.router.w.value, &mut self.router.w.grad);
+        matmul(
+            d,
+            e_n,
+            t_n,
+            x.data(),
+            true,
+            &self.dlogits,
+            false,
+            wg.data_mut(),
+            true,
+            par_for(d, e_n, t_n),
+        );
+        col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
+        matmul(
+            t_n,
+            d,
+            e_n,
+            &self.dlogits,
+            false,
+            wr.data(),
+            true,
+            dx.data_mut(),
+            true,
+            par_for(t_n, d, e_n),
+        );
+        Ok(())
+    }
+}
+
+fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize) {
+    let n = ws.n;
+    if n == 0 {
+        return;
+    }
+    for (r, &t) in ws.tok[..n].iter().enumerate() {
+        ws.xe[r * d..(r + 1) * d].copy_from_slice(&x[t as usize * d..(t as usize + 1) * d]);
+    }
+    let (w1, b1) = (ex.fc1.w.value.data(), ex.fc1.b.value.data());
+    let (w2, b2) = (ex.fc2.w.value.data(), ex.fc2.b.value.data());
+    if n <= 4 {
+        gemv_rows(n, h, d, &ws.xe, w1, Some(b1), &mut ws.h);
+    } else {
+        matmul(
+            n,
+            h,
+            d,
+            &ws.xe,
+            false,
+            w1,
+            false,
+            &mut ws.h,
+            false,
+            Par::Seq,
+        );
+        kernels::add_bias(&mut ws.h[..n * h], b1);
+    }
+    kernels::gelu_forward(&ws.h[..n * h], &mut ws.a[..n * h]);
+    if n <= 4 {
+        gemv_rows(n, d, h, &ws.a, w2, Some(b2), &mut ws.ye);
+    } else {
+        matmul(
+            n,
+            d,
+            h,
+            &ws.a,
+            false,
+            w2,
+            false,
+            &mut ws.ye,
+            false,
+            Par::Seq,
+        );
+        kernels::add_bias(&mut ws.ye[..n * d], b2);
+    }
+}
+
+fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: usize) {
+    let n = ws.n;
+    if n == 0 {
+        return;
+    }
+    for r in 0..n {
+        let t = ws.tok[r] as usize;
+        kernels::scale_into(
+            ws.gate[r],
+            &dy[t * d..(t + 1) * d],
+            &mut ws.dye[r * d..(r + 1) * d],
+        );
+    }
+    // fc2: dW2 += Aᵀ·dYe, db2 += Σ dYe, dA = dYe·W2ᵀ (into `a`, whose values are no longer needed).
+    matmul(
+        h,
+        d,
+        n,
+        &ws.a,
+        true,
+        &ws.dye,
+        false,
+        ex.fc2.w.grad.data_mut(),
+        true,
+        Par::Seq,
+    );
+    col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
+    matmul(
+        n,
+        h,
+        d,
+        &ws.dye,
+        false,
+        ex.fc2.w.value.data(),
+        true,
+        &mut ws.a,
+        false,
+        Par::Seq,
+    );
+    kernels::gelu_backward_inplace(&ws.h[..n * h], &mut ws.a[..n * h]);
+    // fc1: dW1 += Xeᵀ·dH, db1 += Σ dH, dXe = dH·W1ᵀ (into `xe`, after dW1 has used it).
+    matmul(
+        d,
+        h,
+        n,
+        &ws.xe,
+        true,
+        &ws.a,
+        false,
+        ex.fc1.w.grad.data_mut(),
+        true,
+        Par::Seq,
+    );
+    col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
+    matmul(
+        n,
+        d,
+        h,
+        &ws.a,
+        false,
+        ex.fc1.w.value.data(),
+        true,
+        &mut ws.xe,
+        false,
+        Par::Seq,
+    );
+}
+
+impl Module for MoeLayer {
+    fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param)) {
+        self.router.visit_params(f);
+        for e in &self.experts {
+            e.visit_params(f);
+        }
+    }
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.router.visit_params_mut(f);
+        for e in &mut self.experts {
+            e.visit_params_mut(f);
+        }
+    }
+}

@@ -207,3 +207,12 @@ pub(crate) fn migrate(conn: &mut Connection, from: i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `PRAGMA incremental_vacuum` to completion. The pragma frees one page per step, so it
+/// must be stepped until done (a single `execute` would free just one page).
+pub(crate) fn incremental_vacuum(conn: &Connection) -> Result<()> {
+    let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}

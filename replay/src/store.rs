@@ -667,8 +667,7 @@ impl ReplayStore {
     /// Returns free pages to the filesystem (`PRAGMA incremental_vacuum`); the writer does
     /// this itself after evictions.
     pub fn reclaim_space(&self) -> Result<()> {
-        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
-        Ok(())
+        schema::incremental_vacuum(&self.conn)
     }
 
     /// Loads the newest episodes that fit into the window, oldest of them first.
@@ -704,6 +703,10 @@ impl ReplayStore {
                     .get(&run_id)
                     .ok_or_else(|| corrupt("episodes", id, "unknown run"))?;
                 if *shape.get_or_insert((obs_len, act_len)) != (obs_len, act_len) {
+                    continue;
+                }
+                if len > capacity {
+                    // The live mirror skips such episodes too; one must not end the rebuild.
                     continue;
                 }
                 if total + len > capacity {

@@ -641,7 +641,7 @@ impl WriterState {
         if !victims.is_empty() {
             // Space reclaim is housekeeping: failing it (say, a reader holding the WAL) must
             // not stop ingestion, the pages are reused by later inserts anyway.
-            if let Err(e) = conn.execute_batch("PRAGMA incremental_vacuum;") {
+            if let Err(e) = crate::schema::incremental_vacuum(conn) {
                 tracing::warn!(error = %e, "incremental vacuum failed");
             }
         }

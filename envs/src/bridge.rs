@@ -37,7 +37,9 @@ pub fn gym_bridge_path() -> Result<PathBuf> {
     write_embedded()
 }
 
-fn write_embedded() -> Result<PathBuf> {
+/// Writes the embedded bridge to the temp directory (once per content) and returns its path.
+/// Used when the source tree is gone, e.g. for an installed binary.
+pub fn write_embedded() -> Result<PathBuf> {
     // The content hash in the name means a stale copy from another version is never reused.
     let hash = GYM_BRIDGE_SOURCE
         .bytes()

@@ -46,6 +46,18 @@ pub fn check_whole_episodes(path: &Path) -> i64 {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    if version == 0 {
+        // Killed while creating: migrations are transactional, so the file must be empty
+        // (the next open initialises it).
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(objects, 0, "half-created schema");
+        return 0;
+    }
     let fk: i64 = conn
         .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
@@ -74,6 +86,12 @@ pub fn check_whole_episodes(path: &Path) -> i64 {
         )
         .unwrap();
     assert_eq!(orphans, 0, "transitions without an episode");
+    if version < 2 {
+        // Killed between the v1 and v2 migrations: no run_stats yet.
+        return conn
+            .query_row("SELECT count(*) FROM episodes", [], |r| r.get(0))
+            .unwrap();
+    }
     let (kept_t, kept_e): (i64, i64) = conn
         .query_row(
             "SELECT coalesce(sum(transitions_kept), 0), coalesce(sum(episodes_kept), 0) \

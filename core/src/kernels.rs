@@ -9,6 +9,8 @@
 //! for a given thread count.
 
 /// Defines a function twice (AVX2+FMA and baseline) and dispatches on the running CPU.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -31,6 +33,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 /// True when the CPU runs AVX2 and FMA (the check is cached by the standard library).
 #[inline]

@@ -11,9 +11,11 @@
 //! - [`moe`]: the Mixture-of-Experts feed-forward layer and its auxiliary losses.
 //! - [`network`]: the config-driven network (normaliser → input → residual blocks → head).
 //! - [`loss`], [`optim`]: losses, AdamW, clipping, the non-finite step guard.
+//! - [`checkpoint`], [`precision`]: safetensors checkpoints; bf16/f16 snapshots for acting.
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod error;
 pub mod kernels;
 pub mod layers;
@@ -23,12 +25,15 @@ pub mod network;
 pub mod normalizer;
 pub mod optim;
 pub mod param;
+pub mod precision;
 pub mod tensor;
 
+pub use checkpoint::{LoadedCheckpoint, load_checkpoint, save_checkpoint};
 pub use error::{CoreError, Result};
 pub use moe::{MoeConfig, MoeLayer, MoeStats};
 pub use network::{BlockConfig, HeadConfig, Network, NetworkConfig};
 pub use normalizer::ObsNormalizer;
 pub use optim::{AdamW, AdamWConfig, LrSchedule, StepOutcome};
 pub use param::{Module, Param};
+pub use precision::{ActingNet, Precision, Snapshot};
 pub use tensor::Tensor;

@@ -3,7 +3,8 @@
 //! Routing follows Switch Transformer (Fedus et al. 2021) generalised to top-k (Shazeer et al.
 //! 2017): a linear router `d → E`, softmax, the `k` most probable experts per token with their
 //! probabilities renormalised over the chosen `k`. Each expert is a two-layer GELU MLP
-//! `d → h → d`. Tokens are dispatched by index into per-expert buffers allocated once and
+//! `d → h → d`. (Renormalisation can be turned off, which `k = 1` needs: see
+//! [`MoeConfig::normalize_gates`].) Tokens are dispatched by index into per-expert buffers allocated once and
 //! reused, experts run in parallel on the rayon pool, and outputs are combined by a weighted
 //! scatter-add in token order, so results do not depend on thread timing.
 //!
@@ -54,6 +55,11 @@ pub struct MoeConfig {
     /// top-k gating, Shazeer et al. 2017); 0 disables it.
     #[serde(default)]
     pub router_noise_std: f32,
+    /// Renormalise the chosen experts' gate weights to sum to 1 (Mixtral-style). With `k = 1`
+    /// this makes every gate exactly 1, so the task loss sends no gradient to the router; use
+    /// `false` there to gate by the raw probability, as Switch Transformer does.
+    #[serde(default = "default_true")]
+    pub normalize_gates: bool,
     /// Weight α of the load-balancing loss.
     #[serde(default = "default_aux")]
     pub aux_loss_coef: f32,
@@ -62,6 +68,9 @@ pub struct MoeConfig {
     pub z_loss_coef: f32,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_aux() -> f32 {
     0.01
 }
@@ -79,6 +88,7 @@ impl MoeConfig {
             top_k,
             capacity_factor: None,
             router_noise_std: 0.0,
+            normalize_gates: true,
             aux_loss_coef: default_aux(),
             z_loss_coef: default_z(),
         }
@@ -423,6 +433,9 @@ impl MoeLayer {
                 }
                 te[j] = best as u32;
                 sum += bp;
+            }
+            if !self.cfg.normalize_gates {
+                sum = 1.0;
             }
             self.top_sum[t] = sum;
             for j in 0..k {

@@ -34,6 +34,9 @@ pub enum BlockConfig {
         /// Router logit noise while training.
         #[serde(default)]
         router_noise_std: f32,
+        /// Renormalise gates over the chosen k (see [`MoeConfig::normalize_gates`]).
+        #[serde(default = "d_true")]
+        normalize_gates: bool,
         /// Load-balancing loss weight.
         #[serde(default = "d_aux")]
         aux_loss_coef: f32,
@@ -48,6 +51,9 @@ pub enum BlockConfig {
     },
 }
 
+fn d_true() -> bool {
+    true
+}
 fn d_aux() -> f32 {
     0.01
 }
@@ -126,6 +132,7 @@ impl NetworkConfig {
             top_k: moe.top_k,
             capacity_factor: moe.capacity_factor,
             router_noise_std: moe.router_noise_std,
+            normalize_gates: moe.normalize_gates,
             aux_loss_coef: moe.aux_loss_coef,
             z_loss_coef: moe.z_loss_coef,
         };
@@ -189,6 +196,7 @@ impl NetworkConfig {
                 top_k,
                 capacity_factor,
                 router_noise_std,
+                normalize_gates,
                 aux_loss_coef,
                 z_loss_coef,
             } => Some(MoeConfig {
@@ -198,6 +206,7 @@ impl NetworkConfig {
                 top_k,
                 capacity_factor,
                 router_noise_std,
+                normalize_gates,
                 aux_loss_coef,
                 z_loss_coef,
             }),

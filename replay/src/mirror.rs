@@ -85,6 +85,8 @@ pub struct SampleBatch {
     pub weights: Vec<f32>,
     /// Behaviour log-probability or Q-value recorded when acting (NaN when none was recorded).
     pub behaviour: Vec<f32>,
+    scratch_u: Vec<f64>,
+    scratch_leaf: Vec<usize>,
 }
 
 impl SampleBatch {
@@ -141,6 +143,32 @@ pub(crate) struct EpisodeIn<'a> {
     pub priorities: Option<&'a [f32]>,
 }
 
+/// The scalars of one stored transition.
+#[derive(Debug, Clone, Copy)]
+struct SlotMeta {
+    id: i64,
+    /// Discrete action (unused for continuous actions, which live in `act_vec`).
+    act: i64,
+    reward: f32,
+    behaviour: f32,
+    /// Slot of the next step of the same episode, or `NONE` after the last step.
+    next: u32,
+    /// Index of the episode in `eps`.
+    ep: u32,
+    /// Steps from this one to the end of the episode, this one included (`len - t`).
+    steps_left: u32,
+}
+
+const EMPTY_SLOT: SlotMeta = SlotMeta {
+    id: 0,
+    act: 0,
+    reward: 0.0,
+    behaviour: f32::NAN,
+    next: NONE,
+    ep: NONE,
+    steps_left: 0,
+};
+
 #[derive(Debug)]
 struct MirrorEpisode {
     id: i64,
@@ -159,15 +187,10 @@ pub(crate) struct Mirror {
     obs_len: usize,
     act_len: usize,
     shaped: bool,
+    /// Per-slot scalars, together so that a sampled slot costs one cache miss for them.
+    meta: Vec<SlotMeta>,
     obs: Vec<f32>,
-    act_int: Vec<i64>,
     act_vec: Vec<f32>,
-    reward: Vec<f32>,
-    behaviour: Vec<f32>,
-    id: Vec<i64>,
-    next: Vec<u32>,
-    ep_of: Vec<u32>,
-    step: Vec<u32>,
     prio: Vec<f32>,
     dirty: Vec<bool>,
     dirty_ids: Vec<i64>,
@@ -196,15 +219,9 @@ impl Mirror {
             obs_len: 0,
             act_len: 0,
             shaped: false,
+            meta: Vec::new(),
             obs: Vec::new(),
-            act_int: Vec::new(),
             act_vec: Vec::new(),
-            reward: Vec::new(),
-            behaviour: Vec::new(),
-            id: Vec::new(),
-            next: Vec::new(),
-            ep_of: Vec::new(),
-            step: Vec::new(),
             prio: Vec::new(),
             dirty: Vec::new(),
             dirty_ids: Vec::new(),
@@ -236,7 +253,7 @@ impl Mirror {
     }
 
     fn free_slots(&self) -> usize {
-        self.capacity - self.id.len() + self.free.len()
+        self.capacity - self.meta.len() + self.free.len()
     }
 
     /// Adds a committed episode. Episodes of another shape than the window's (set by the first
@@ -286,19 +303,10 @@ impl Mirror {
             let slot = match self.free.pop() {
                 Some(s) => s,
                 None => {
-                    let s = self.id.len() as u32;
-                    self.id.push(0);
+                    let s = self.meta.len() as u32;
+                    self.meta.push(EMPTY_SLOT);
                     self.obs.resize(self.obs.len() + self.obs_len, 0.0);
-                    if self.act_len == 0 {
-                        self.act_int.push(0);
-                    } else {
-                        self.act_vec.resize(self.act_vec.len() + self.act_len, 0.0);
-                    }
-                    self.reward.push(0.0);
-                    self.behaviour.push(f32::NAN);
-                    self.next.push(NONE);
-                    self.ep_of.push(NONE);
-                    self.step.push(0);
+                    self.act_vec.resize(self.act_vec.len() + self.act_len, 0.0);
                     self.prio.push(0.0);
                     self.dirty.push(false);
                     self.live_pos.push(NONE);
@@ -306,20 +314,21 @@ impl Mirror {
                 }
             };
             let s = slot as usize;
-            self.id[s] = ep.ids[t];
             let o = self.obs_len;
             self.obs[s * o..(s + 1) * o].copy_from_slice(&ep.obs[t * o..(t + 1) * o]);
-            if self.act_len == 0 {
-                self.act_int[s] = ep.act_int[t];
-            } else {
-                let a = self.act_len;
+            let a = self.act_len;
+            if a > 0 {
                 self.act_vec[s * a..(s + 1) * a].copy_from_slice(&ep.act_vec[t * a..(t + 1) * a]);
             }
-            self.reward[s] = ep.rewards[t];
-            self.behaviour[s] = ep.behaviour[t];
-            self.next[s] = NONE;
-            self.ep_of[s] = ep_slot;
-            self.step[s] = t as u32;
+            self.meta[s] = SlotMeta {
+                id: ep.ids[t],
+                act: if a == 0 { ep.act_int[t] } else { 0 },
+                reward: ep.rewards[t],
+                behaviour: ep.behaviour[t],
+                next: NONE,
+                ep: ep_slot,
+                steps_left: (len - t) as u32,
+            };
             let p = match ep.priorities.map(|p| p[t]) {
                 Some(p) if p.is_finite() && p > 0.0 => p,
                 _ => self.max_priority,
@@ -332,7 +341,7 @@ impl Mirror {
             self.live.push(slot);
             self.by_id.insert(ep.ids[t], slot);
             if prev != NONE {
-                self.next[prev as usize] = slot;
+                self.meta[prev as usize].next = slot;
             } else {
                 first = slot;
             }
@@ -367,7 +376,7 @@ impl Mirror {
         while slot != NONE {
             let s = slot as usize;
             self.tree.set(s, 0.0);
-            self.by_id.remove(&self.id[s]);
+            self.by_id.remove(&self.meta[s].id);
             self.dirty[s] = false;
             let pos = self.live_pos[s] as usize;
             let last = self.live.len() - 1;
@@ -376,8 +385,8 @@ impl Mirror {
             self.live.pop();
             self.live_pos[s] = NONE;
             self.free.push(slot);
-            slot = self.next[s];
-            self.next[s] = NONE;
+            slot = self.meta[s].next;
+            self.meta[s] = EMPTY_SLOT;
         }
     }
 
@@ -392,7 +401,7 @@ impl Mirror {
                 let mut slot = ep.first;
                 while slot != NONE {
                     sum += self.prio[slot as usize] as f64;
-                    slot = self.next[slot as usize];
+                    slot = self.meta[slot as usize].next;
                 }
                 (sum / ep.len.max(1) as f64, ep.id)
             })
@@ -447,42 +456,37 @@ impl Mirror {
     }
 
     /// Writes row `i` of `batch` from `slot`, including its n-step target.
+    #[inline]
     fn fill(&self, batch: &mut SampleBatch, i: usize, slot: u32, nstep: NStep) {
         let s = slot as usize;
+        let m = self.meta[s];
         let o = self.obs_len;
-        batch.ids[i] = self.id[s];
+        batch.ids[i] = m.id;
         batch.obs[i * o..(i + 1) * o].copy_from_slice(&self.obs[s * o..(s + 1) * o]);
         if self.act_len == 0 {
-            batch.actions[i] = self.act_int[s];
+            batch.actions[i] = m.act;
         } else {
             let a = self.act_len;
             batch.actions_continuous[i * a..(i + 1) * a]
                 .copy_from_slice(&self.act_vec[s * a..(s + 1) * a]);
         }
-        batch.behaviour[i] = self.behaviour[s];
-        let Some(ep) = self.eps.get(self.ep_of[s] as usize).and_then(Option::as_ref) else {
-            return;
-        };
-        let t = self.step[s] as usize;
-        let remaining = ep.len as usize - t;
+        batch.behaviour[i] = m.behaviour;
+        let remaining = m.steps_left as usize;
         let k = nstep.n.max(1).min(remaining);
-        let mut g = 0.0f32;
-        let mut disc = 1.0f32;
-        let mut cur = slot;
-        for j in 0..k {
-            g += disc * self.reward[cur as usize];
+        let mut g = m.reward;
+        let mut disc = nstep.gamma;
+        let mut cur = m;
+        for _ in 1..k {
+            cur = self.meta[cur.next as usize];
+            g += disc * cur.reward;
             disc *= nstep.gamma;
-            if j + 1 < k {
-                cur = self.next[cur as usize];
-            }
         }
         batch.rewards[i] = g;
-        let next_slot = self.next[cur as usize];
-        if k < remaining && next_slot != NONE {
-            let b = next_slot as usize;
+        if k < remaining {
+            let b = cur.next as usize;
             batch.next_obs[i * o..(i + 1) * o].copy_from_slice(&self.obs[b * o..(b + 1) * o]);
             batch.discounts[i] = disc;
-        } else {
+        } else if let Some(ep) = self.eps.get(m.ep as usize).and_then(Option::as_ref) {
             batch.next_obs[i * o..(i + 1) * o].copy_from_slice(&ep.final_obs);
             batch.discounts[i] = if ep.terminated { 0.0 } else { disc };
         }
@@ -571,28 +575,36 @@ impl Sampler {
         beta: f64,
         batch: &mut SampleBatch,
     ) -> Result<()> {
+        if !(beta.is_finite() && beta >= 0.0) {
+            return Err(ReplayError::InvalidArgument(format!(
+                "beta must be finite and >= 0, got {beta}"
+            )));
+        }
         let m = self.read();
         let total = m.tree.total();
         if m.live.is_empty() || total <= 0.0 {
             return Err(ReplayError::Empty);
         }
         batch.reshape(rows, m.obs_len, m.act_len);
-        let n = m.live.len() as f64;
         let segment = total / rows.max(1) as f64;
-        let mut max_w = 0.0f64;
-        for i in 0..rows {
-            let u = (i as f64 + rng.random::<f64>()) * segment;
-            let Some(leaf) = m.tree.find(u) else {
-                return Err(ReplayError::Empty);
-            };
-            let w = (n * m.tree.get(leaf) / total).powf(-beta);
-            max_w = max_w.max(w);
-            batch.weights[i] = w as f32;
-            m.fill(batch, i, leaf as u32, nstep);
+        batch.scratch_u.clear();
+        batch
+            .scratch_u
+            .extend((0..rows).map(|i| (i as f64 + rng.random::<f64>()) * segment));
+        batch.scratch_leaf.resize(rows, 0);
+        m.tree
+            .find_many(&mut batch.scratch_u, &mut batch.scratch_leaf)
+            .ok_or(ReplayError::Empty)?;
+        // w_i = (N·P(i))^-β normalised by the batch maximum, which belongs to the smallest
+        // priority in the batch, so w_i / max = (p_i / p_min)^-β: exactly 1 for that row.
+        let mut min_p = f64::INFINITY;
+        for &leaf in &batch.scratch_leaf {
+            min_p = min_p.min(m.tree.get(leaf));
         }
-        if max_w > 0.0 && max_w.is_finite() {
-            let inv = (1.0 / max_w) as f32;
-            batch.weights[..rows].iter_mut().for_each(|w| *w *= inv);
+        for i in 0..rows {
+            let leaf = batch.scratch_leaf[i];
+            batch.weights[i] = (m.tree.get(leaf) / min_p).powf(-beta) as f32;
+            m.fill(batch, i, leaf as u32, nstep);
         }
         Ok(())
     }

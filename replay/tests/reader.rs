@@ -73,7 +73,7 @@ fn read_only_process_sees_consistent_snapshots_while_writer_runs() {
     write_episode(&w, &run, 0, 10, EpisodeEnd::Terminated);
     w.flush().unwrap();
 
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "reader_child", "--nocapture", "--test-threads=1"])
         .env(READER_CHILD_ENV, &path)
         .stdout(Stdio::piped())

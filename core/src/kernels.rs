@@ -300,13 +300,16 @@ pub struct AdamWStep {
 
 multiversion! {
     /// One AdamW update (Loshchilov & Hutter 2019) over a parameter slice in a single pass:
-    /// moments, bias correction, decoupled weight decay and the step, reading each array once.
-    pub fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    /// gradient scaling (clipping), moments, bias correction, decoupled weight decay and the
+    /// step, reading each array once and clearing the gradient on the way out.
+    pub fn adamw_update(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], s: AdamWStep, grad_scale: f32) {
         let (b1, b2) = (s.beta1, s.beta2);
         let (c1, c2) = (1.0 - b1, 1.0 - b2);
         let decay = 1.0 - s.lr * s.weight_decay;
-        for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()) {
-            let gi = g[i];
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        for i in 0..n {
+            let gi = g[i] * grad_scale;
+            g[i] = 0.0;
             let mi = b1 * m[i] + c1 * gi;
             let vi = b2 * v[i] + c2 * gi * gi;
             m[i] = mi;

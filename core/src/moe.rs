@@ -35,6 +35,43 @@ const DROPPED: u32 = u32::MAX;
 /// Expert work (multiply-adds per step) under which experts run one after another on the
 /// calling thread: waking the pool would cost more than it saves.
 const SEQ_EXPERT_WORK: usize = 1 << 18;
+/// Mean work per expert (rows·d·h) above which experts run one after another with each GEMM
+/// split across the pool: with few experts per thread, expert-parallel execution leaves
+/// threads idle when routing is uneven, while a split GEMM divides evenly.
+const GEMM_PAR_EXPERT_WORK: usize = 1 << 27;
+
+fn gemm_par_threshold() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // An override for measuring the crossover on a given machine.
+    *T.get_or_init(|| {
+        std::env::var("AUTODIDACT_MOE_GEMM_PAR_WORK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GEMM_PAR_EXPERT_WORK)
+    })
+}
+
+/// How the experts of one step are spread over the pool.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    /// All on the calling thread.
+    Seq,
+    /// One task per expert.
+    ExpertParallel,
+    /// Experts in turn, each GEMM split across the pool.
+    GemmParallel,
+}
+
+fn exec_for(t_n: usize, k: usize, e_n: usize, d: usize, h: usize) -> Exec {
+    let work = t_n * k * d * h;
+    if work < SEQ_EXPERT_WORK {
+        Exec::Seq
+    } else if work / e_n >= gemm_par_threshold() {
+        Exec::GemmParallel
+    } else {
+        Exec::ExpertParallel
+    }
+}
 
 /// Configuration of one MoE feed-forward layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,7 +196,7 @@ impl Module for Expert {
         self.fc1.visit_params(f);
         self.fc2.visit_params(f);
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.fc1.visit_params_mut(f);
         self.fc2.visit_params_mut(f);
     }
@@ -307,14 +344,23 @@ impl MoeLayer {
         // Experts: gather → fc1 → GELU → fc2, each on its own buffers.
         let h = self.cfg.d_hidden;
         let work = t_n * k * d * h;
-        let run = |(ex, ws): (&Expert, &mut ExpertWs)| expert_forward(ex, ws, x.data(), d, h);
-        if work < SEQ_EXPERT_WORK {
-            self.experts.iter().zip(self.ws.iter_mut()).for_each(run);
-        } else {
-            self.experts
+        let xd = x.data();
+        match exec_for(t_n, k, e_n, d, h) {
+            Exec::Seq => self
+                .experts
+                .iter()
+                .zip(self.ws.iter_mut())
+                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq)),
+            Exec::ExpertParallel => self
+                .experts
                 .par_iter()
                 .zip(self.ws.par_iter_mut())
-                .for_each(run);
+                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq)),
+            Exec::GemmParallel => self
+                .experts
+                .iter()
+                .zip(self.ws.iter_mut())
+                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Rayon)),
         }
 
         // Combine by weighted scatter-add, token by token in rank order (deterministic).
@@ -343,7 +389,6 @@ impl MoeLayer {
                 .with_min_len(64)
                 .for_each(combine);
         }
-        let _ = e_n;
         Ok(())
     }
 
@@ -563,17 +608,23 @@ impl MoeLayer {
         }
 
         // Experts backward, each on its own buffers and gradients.
-        let run = |(ex, ws): (&mut Expert, &mut ExpertWs)| expert_backward(ex, ws, dy.data(), d, h);
-        if seq {
-            self.experts
+        let dyd = dy.data();
+        match exec_for(t_n, k, e_n, d, h) {
+            Exec::Seq => self
+                .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .for_each(run);
-        } else {
-            self.experts
+                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq)),
+            Exec::ExpertParallel => self
+                .experts
                 .par_iter_mut()
                 .zip(self.ws.par_iter_mut())
-                .for_each(run);
+                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq)),
+            Exec::GemmParallel => self
+                .experts
+                .iter_mut()
+                .zip(self.ws.iter_mut())
+                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon)),
         }
 
         // dx from the experts, token by token in rank order.
@@ -619,11 +670,16 @@ impl MoeLayer {
             for (e, v) in dl.iter_mut().enumerate() {
                 *v = aux_scale * self.stats.routed[e] as f32 / assignments;
             }
-            // dp from the renormalised gates g_j = p_j / S.
+            // dp from the renormalised gates g_j = p_j / S. Without renormalisation g_j = p_j
+            // (S is fixed at 1), so there is no −Σ g·dg term.
             let s = self.top_sum[t];
-            let gd: f32 = (0..k)
-                .map(|j| self.gates[t * k + j] * self.dgate[t * k + j])
-                .sum();
+            let gd: f32 = if self.cfg.normalize_gates {
+                (0..k)
+                    .map(|j| self.gates[t * k + j] * self.dgate[t * k + j])
+                    .sum()
+            } else {
+                0.0
+            };
             for j in 0..k {
                 dl[self.top_e[t * k + j] as usize] += (self.dgate[t * k + j] - gd) / s;
             }
@@ -664,7 +720,28 @@ impl MoeLayer {
     }
 }
 
-fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize) {
+/// Element-wise work split into pool-sized pieces when the GEMMs are split too.
+fn gelu_fwd(h: &[f32], a: &mut [f32], par: Par) {
+    match par {
+        Par::Seq => kernels::gelu_forward(h, a),
+        Par::Rayon => a
+            .par_chunks_mut(1 << 14)
+            .zip(h.par_chunks(1 << 14))
+            .for_each(|(ac, hc)| kernels::gelu_forward(hc, ac)),
+    }
+}
+
+fn gelu_bwd(h: &[f32], da: &mut [f32], par: Par) {
+    match par {
+        Par::Seq => kernels::gelu_backward_inplace(h, da),
+        Par::Rayon => da
+            .par_chunks_mut(1 << 14)
+            .zip(h.par_chunks(1 << 14))
+            .for_each(|(dc, hc)| kernels::gelu_backward_inplace(hc, dc)),
+    }
+}
+
+fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize, par: Par) {
     let n = ws.n;
     if n == 0 {
         return;
@@ -677,41 +754,19 @@ fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize)
     if n <= 4 {
         gemv_rows(n, h, d, &ws.xe, w1, Some(b1), &mut ws.h);
     } else {
-        matmul(
-            n,
-            h,
-            d,
-            &ws.xe,
-            false,
-            w1,
-            false,
-            &mut ws.h,
-            false,
-            Par::Seq,
-        );
+        matmul(n, h, d, &ws.xe, false, w1, false, &mut ws.h, false, par);
         kernels::add_bias(&mut ws.h[..n * h], b1);
     }
-    kernels::gelu_forward(&ws.h[..n * h], &mut ws.a[..n * h]);
+    gelu_fwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
     if n <= 4 {
         gemv_rows(n, d, h, &ws.a, w2, Some(b2), &mut ws.ye);
     } else {
-        matmul(
-            n,
-            d,
-            h,
-            &ws.a,
-            false,
-            w2,
-            false,
-            &mut ws.ye,
-            false,
-            Par::Seq,
-        );
+        matmul(n, d, h, &ws.a, false, w2, false, &mut ws.ye, false, par);
         kernels::add_bias(&mut ws.ye[..n * d], b2);
     }
 }
 
-fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: usize) {
+fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: usize, par: Par) {
     let n = ws.n;
     if n == 0 {
         return;
@@ -735,7 +790,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         false,
         ex.fc2.w.grad.data_mut(),
         true,
-        Par::Seq,
+        par,
     );
     col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
     matmul(
@@ -748,9 +803,9 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         true,
         &mut ws.a,
         false,
-        Par::Seq,
+        par,
     );
-    kernels::gelu_backward_inplace(&ws.h[..n * h], &mut ws.a[..n * h]);
+    gelu_bwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
     // fc1: dW1 += Xeᵀ·dH, db1 += Σ dH, dXe = dH·W1ᵀ (into `xe`, after dW1 has used it).
     matmul(
         d,
@@ -762,7 +817,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         false,
         ex.fc1.w.grad.data_mut(),
         true,
-        Par::Seq,
+        par,
     );
     col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
     matmul(
@@ -775,7 +830,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         true,
         &mut ws.xe,
         false,
-        Par::Seq,
+        par,
     );
 }
 
@@ -786,7 +841,7 @@ impl Module for MoeLayer {
             e.visit_params(f);
         }
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.router.visit_params_mut(f);
         for e in &mut self.experts {
             e.visit_params_mut(f);

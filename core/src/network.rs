@@ -285,7 +285,7 @@ impl Module for Block {
             }
         }
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.norm.visit_params_mut(f);
         match &mut self.ffn {
             Ffn::Moe(m) => m.visit_params_mut(f),
@@ -431,7 +431,7 @@ impl Module for Head {
             }
         }
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         match self {
             Head::Linear(l) => l.visit_params_mut(f),
             Head::DuelingQ { value, adv, .. } => {
@@ -624,7 +624,7 @@ impl Module for Network {
         self.final_norm.visit_params(f);
         self.head.visit_params(f);
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.input.visit_params_mut(f);
         for b in &mut self.blocks {
             b.visit_params_mut(f);

@@ -9,8 +9,8 @@ use crate::kernels::{self, AdamWStep};
 use crate::param::Module;
 use crate::tensor::Tensor;
 
-/// Parameters updated in one piece below this size; above it, in parallel chunks.
-const PAR_CHUNK: usize = 1 << 15;
+/// Elements per unit of parallel AdamW work.
+const PAR_CHUNK: usize = 1 << 14;
 
 /// Learning-rate schedule, evaluated at the optimizer step about to be taken.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -278,31 +278,44 @@ impl AdamW {
             inv_sqrt_bc2: 1.0 / (1.0 - c.beta2.powi(t)).sqrt(),
         };
         let wd = c.weight_decay;
-        let (ms, vs) = (&mut self.m, &mut self.v);
-        let mut i = 0;
-        model.visit_params_mut(&mut |p| {
+        // Every (parameter, moments) chunk is independent: update them all in parallel, in
+        // chunks small enough to balance the pool. Element-wise, so the result does not depend
+        // on how the pool schedules them.
+        type Work<'a> = (
+            &'a mut [f32],
+            &'a mut [f32],
+            &'a mut [f32],
+            &'a mut [f32],
+            AdamWStep,
+        );
+        let mut work: Vec<Work<'_>> = Vec::new();
+        let mut params = Vec::new();
+        model.visit_params_mut(&mut |p| params.push(p));
+        for ((p, m), v) in params
+            .into_iter()
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
             let s = AdamWStep {
                 weight_decay: if p.decay { wd } else { 0.0 },
                 ..base
             };
-            if clip != 1.0 {
-                for g in p.grad.data_mut() {
-                    *g *= clip;
-                }
+            let (pv, g) = (p.value.data_mut(), p.grad.data_mut());
+            let chunks = pv.chunks_mut(PAR_CHUNK).zip(g.chunks_mut(PAR_CHUNK));
+            for ((pc, gc), (mc, vc)) in
+                chunks.zip(m.chunks_mut(PAR_CHUNK).zip(v.chunks_mut(PAR_CHUNK)))
+            {
+                work.push((pc, gc, mc, vc, s));
             }
-            let (pv, g, m, v) = (p.value.data_mut(), p.grad.data(), &mut ms[i], &mut vs[i]);
-            if pv.len() < PAR_CHUNK {
-                kernels::adamw_update(pv, g, m, v, s);
-            } else {
-                pv.par_chunks_mut(PAR_CHUNK)
-                    .zip(g.par_chunks(PAR_CHUNK))
-                    .zip(m.par_chunks_mut(PAR_CHUNK))
-                    .zip(v.par_chunks_mut(PAR_CHUNK))
-                    .for_each(|(((pc, gc), mc), vc)| kernels::adamw_update(pc, gc, mc, vc, s));
+        }
+        if work.len() <= 2 {
+            for (p, g, m, v, s) in work {
+                kernels::adamw_update(p, g, m, v, s, clip);
             }
-            p.grad.fill(0.0);
-            i += 1;
-        });
+        } else {
+            work.into_par_iter()
+                .for_each(|(p, g, m, v, s)| kernels::adamw_update(p, g, m, v, s, clip));
+        }
         StepOutcome::Applied {
             grad_norm: norm,
             lr,

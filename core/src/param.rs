@@ -35,7 +35,7 @@ pub trait Module {
     /// Calls `f` on every parameter, in a fixed order.
     fn visit_params<'a>(&'a self, f: &mut dyn FnMut(&'a Param));
     /// Calls `f` on every parameter mutably, in the same order.
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param));
 
     /// Sets every gradient to zero.
     fn zero_grad(&mut self) {

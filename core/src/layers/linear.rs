@@ -135,7 +135,7 @@ impl Module for Linear {
         f(&self.w);
         f(&self.b);
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.w);
         f(&mut self.b);
     }

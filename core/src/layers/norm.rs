@@ -105,7 +105,7 @@ impl Module for LayerNorm {
         f(&self.gamma);
         f(&self.beta);
     }
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit_params_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.gamma);
         f(&mut self.beta);
     }

@@ -582,10 +582,10 @@ impl MoeLayer {
             let (ws, top_e, slot) = (&self.ws, &self.top_e, &self.slot);
             let dyd = dy.data();
             let f = |(t, dg): (usize, &mut [f32])| {
-                for j in 0..k {
+                for (j, g) in dg.iter_mut().enumerate() {
                     let a = t * k + j;
                     let s = slot[a];
-                    dg[j] = if s == DROPPED {
+                    *g = if s == DROPPED {
                         0.0
                     } else {
                         let w = &ws[top_e[a] as usize];

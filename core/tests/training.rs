@@ -327,9 +327,9 @@ fn routing_entropy(net: &mut Network, xs: &Tensor) -> (f64, [f64; 4]) {
     }
     let total = xs.rows() as f64;
     let mut mi = 0.0;
-    for r in 0..4 {
-        for e in 0..e_n {
-            let joint = counts[r][e] as f64 / total;
+    for (r, row) in counts.iter().enumerate() {
+        for (e, &c) in row.iter().enumerate().take(e_n) {
+            let joint = c as f64 / total;
             let pe = (0..4).map(|q| counts[q][e]).sum::<usize>() as f64 / total;
             if joint > 0.0 {
                 mi += joint * (joint / (pe * n_r[r] as f64 / total)).ln();

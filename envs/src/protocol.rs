@@ -113,9 +113,13 @@ struct RawRequest {
 fn parse_json<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ProtocolError> {
     let text = std::str::from_utf8(line).map_err(|_| ProtocolError::NotUtf8)?;
     serde_json::from_str(text).map_err(|e| {
-        // JSON has no NaN/Infinity, but Python's json module writes them as bare words; name
-        // that case precisely since it is the usual way a broken simulator leaks a NaN.
-        if text.contains("NaN") || text.contains("Infinity") {
+        // JSON has no NaN/Infinity, but Python writes them as bare words (`NaN` from json,
+        // `nan`/`inf` from repr); name that case precisely since it is the usual way a broken
+        // simulator leaks a NaN. Only used to label a line that already failed to parse.
+        if ["NaN", "nan", "Infinity", "inf"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
             ProtocolError::NonFinite {
                 field: "line".into(),
             }

@@ -125,6 +125,10 @@ pub struct RemoteConfig {
     pub backoff_max: Duration,
     /// Longest accepted line, in bytes.
     pub max_line: usize,
+    /// Busy-poll for an answer this long before sleeping in `poll(2)`. A step round trip is
+    /// two process wake-ups; spinning through a fast peer's reply removes one of them, which
+    /// is most of the bridge's overhead. Zero disables it (e.g. for many slow peers).
+    pub spin: Duration,
 }
 
 impl Default for RemoteConfig {
@@ -136,6 +140,7 @@ impl Default for RemoteConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_line: DEFAULT_MAX_LINE,
+            spin: Duration::from_micros(100),
         }
     }
 }
@@ -164,6 +169,38 @@ struct Conn {
     fd: RawFd,
     buf: Vec<u8>,
     start: usize,
+    scratch: Box<[u8]>,
+    spin: AdaptiveSpin,
+}
+
+/// Spins only while spinning pays off: if the last answer did not arrive within the spin
+/// window, the next waits sleep at once (retrying the spin every `RETRY` calls). On a busy,
+/// oversubscribed machine a spinner would steal the very core its peer needs.
+#[derive(Default)]
+struct AdaptiveSpin {
+    off: bool,
+    calls_since_off: u32,
+}
+
+impl AdaptiveSpin {
+    const RETRY: u32 = 64;
+
+    fn window(&mut self, spin: Duration) -> Duration {
+        if !self.off {
+            return spin;
+        }
+        self.calls_since_off += 1;
+        if self.calls_since_off >= Self::RETRY {
+            self.calls_since_off = 0;
+            spin
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn record(&mut self, waited: Duration, spin: Duration) {
+        self.off = waited > spin;
+    }
 }
 
 impl Conn {
@@ -190,6 +227,8 @@ impl Conn {
                     reader: Box::new(stdout),
                     buf: Vec::with_capacity(4096),
                     start: 0,
+                    scratch: vec![0; 65536].into_boxed_slice(),
+                    spin: AdaptiveSpin::default(),
                 })
             }
             Transport::Tcp { addr } => {
@@ -214,6 +253,8 @@ impl Conn {
                                 reader: Box::new(stream),
                                 buf: Vec::with_capacity(4096),
                                 start: 0,
+                                scratch: vec![0; 65536].into_boxed_slice(),
+                                spin: AdaptiveSpin::default(),
                             });
                         }
                         Err(e) => last = Some(e),
@@ -241,16 +282,30 @@ impl Conn {
     }
 
     /// Waits until `fd` is readable or `deadline` passes. Returns false on timeout.
-    fn wait_readable(&self, deadline: Instant) -> std::io::Result<bool> {
+    fn wait_readable(&mut self, deadline: Instant, spin: Duration) -> std::io::Result<bool> {
+        let started = Instant::now();
+        let window = self.spin.window(spin);
+        let r = self.poll_until(deadline, started + window);
+        if window > Duration::ZERO || self.spin.off {
+            self.spin.record(started.elapsed(), spin);
+        }
+        r
+    }
+
+    fn poll_until(&self, deadline: Instant, spin_until: Instant) -> std::io::Result<bool> {
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(false);
             }
-            let ms = (deadline - now)
-                .as_micros()
-                .div_ceil(1000)
-                .min(i32::MAX as u128) as i32;
+            let ms = if now < spin_until {
+                0
+            } else {
+                (deadline - now)
+                    .as_micros()
+                    .div_ceil(1000)
+                    .min(i32::MAX as u128) as i32
+            };
             let mut pfd = libc::pollfd {
                 fd: self.fd,
                 events: libc::POLLIN,
@@ -261,6 +316,12 @@ impl Conn {
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
             if rc > 0 {
                 return Ok(true);
+            }
+            if ms == 0 {
+                // Yield rather than burn: on an idle machine this returns at once, on a busy
+                // one it hands the core to whoever is runnable, often the peer itself.
+                // SAFETY: sched_yield has no arguments and no memory effects.
+                unsafe { libc::sched_yield() };
             }
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
@@ -275,10 +336,11 @@ impl Conn {
     fn recv(
         &mut self,
         deadline: Instant,
+        cfg: &RemoteConfig,
         timeout: Duration,
-        max_line: usize,
         op: &str,
     ) -> Result<Response> {
+        let max_line = cfg.max_line;
         loop {
             if let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
                 let line_end = self.start + pos;
@@ -298,7 +360,7 @@ impl Conn {
                 self.start = 0;
             }
             if !self
-                .wait_readable(deadline)
+                .wait_readable(deadline, cfg.spin)
                 .map_err(|e| EnvError::io("poll", e))?
             {
                 return Err(EnvError::Timeout {
@@ -306,19 +368,16 @@ impl Conn {
                     timeout,
                 });
             }
-            let old = self.buf.len();
-            self.buf.resize(old + 65536, 0);
             let n = loop {
-                match self.reader.read(&mut self.buf[old..]) {
+                match self.reader.read(&mut self.scratch[..]) {
                     Ok(n) => break Ok(n),
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => break Err(e),
                 }
             };
-            self.buf.truncate(old + *n.as_ref().unwrap_or(&0));
             match n {
                 Ok(0) => return Err(EnvError::Disconnected { op: op.into() }),
-                Ok(_) => {}
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                     return Err(EnvError::Disconnected { op: op.into() });
                 }
@@ -398,7 +457,7 @@ fn handshake(conn: &mut Conn, cfg: &RemoteConfig) -> Result<(Space, Space, Optio
     );
     conn.send(&out, "hello")?;
     let deadline = Instant::now() + cfg.connect_timeout;
-    match conn.recv(deadline, cfg.connect_timeout, cfg.max_line, "hello")? {
+    match conn.recv(deadline, cfg, cfg.connect_timeout, "hello")? {
         Response::Hello {
             protocol,
             observation_space,
@@ -526,7 +585,7 @@ impl RemoteEnv {
         protocol::encode_request(req, &mut self.out);
         conn.send(&self.out, op)?;
         let deadline = Instant::now() + self.cfg.call_timeout;
-        conn.recv(deadline, self.cfg.call_timeout, self.cfg.max_line, op)
+        conn.recv(deadline, &self.cfg, self.cfg.call_timeout, op)
     }
 
     fn protocol_fault(&mut self, e: EnvError) -> EnvError {

@@ -27,12 +27,35 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// CPU time of the calling thread, in seconds. On a machine shared with other builds the wall
+/// clock measures the neighbours as much as the code; this measures the code.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn spec(obs_len: usize) -> RunSpec {
     RunSpec {
-        env_id: if obs_len == 4 { "CartPole-v1".into() } else { "Synthetic-1KiB".into() },
+        env_id: if obs_len == 4 {
+            "CartPole-v1".into()
+        } else {
+            "Synthetic-1KiB".into()
+        },
         obs_dims: vec![obs_len],
         obs_dtype: Dtype::F32,
         action_space: ActionSpace::Discrete { n: 2 },
@@ -42,16 +65,26 @@ fn spec(obs_len: usize) -> RunSpec {
 }
 
 fn observation(obs_len: usize, t: usize) -> Vec<f32> {
-    (0..obs_len).map(|i| (i as f32 * 0.01 + t as f32 * 0.1).sin()).collect()
+    (0..obs_len)
+        .map(|i| (i as f32 * 0.01 + t as f32 * 0.1).sin())
+        .collect()
 }
 
 /// Transitions/s through the full path: EpisodeWriter -> channel -> writer thread ->
 /// batched transaction -> mirror.
-fn ingest_store(path: &Path, obs_len: usize, transitions: usize, mirror: usize) -> (f64, ReplayStore) {
+fn ingest_store(
+    path: &Path,
+    obs_len: usize,
+    transitions: usize,
+    mirror: usize,
+) -> (f64, ReplayStore) {
     let store = ReplayStore::open(
         path,
         StoreOptions {
-            mirror: MirrorOptions { capacity: mirror, alpha: 0.6 },
+            mirror: MirrorOptions {
+                capacity: mirror,
+                alpha: 0.6,
+            },
             ..StoreOptions::default()
         },
     )
@@ -64,9 +97,11 @@ fn ingest_store(path: &Path, obs_len: usize, transitions: usize, mirror: usize) 
     for e in 0..transitions / EPISODE_LEN {
         let mut ep = w.begin_episode(&run, Some(1));
         for (t, o) in obs.iter().take(EPISODE_LEN).enumerate() {
-            ep.push(o, ActionRef::Discrete((t + e) as i64 % 2), 1.0, Some(0.5)).unwrap();
+            ep.push(o, ActionRef::Discrete((t + e) as i64 % 2), 1.0, Some(0.5))
+                .unwrap();
         }
-        ep.finish(&obs[EPISODE_LEN], EpisodeEnd::Terminated).unwrap();
+        ep.finish(&obs[EPISODE_LEN], EpisodeEnd::Terminated)
+            .unwrap();
     }
     h.close().unwrap();
     let secs = start.elapsed().as_secs_f64();
@@ -79,8 +114,10 @@ fn ingest_store(path: &Path, obs_len: usize, transitions: usize, mirror: usize) 
 fn ingest_raw(path: &Path, obs_len: usize, transitions: usize) -> f64 {
     drop(ReplayStore::open(path, StoreOptions::default()).unwrap());
     let mut conn = Connection::open(path).unwrap();
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;")
-        .unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;",
+    )
+    .unwrap();
     conn.execute(
         "INSERT INTO runs (env_id, obs_dims, obs_dtype, action_space, config, code_version, started_at) \
          VALUES ('raw', '[4]', 'f32', '{}', '{}', 'raw', 0)",
@@ -89,7 +126,12 @@ fn ingest_raw(path: &Path, obs_len: usize, transitions: usize) -> f64 {
     .unwrap();
     let run_id = conn.last_insert_rowid();
     let obs: Vec<Vec<u8>> = (0..=EPISODE_LEN)
-        .map(|t| observation(obs_len, t).iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|t| {
+            observation(obs_len, t)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
+        })
         .collect();
     let start = Instant::now();
     let episodes = transitions / EPISODE_LEN;
@@ -116,11 +158,11 @@ fn ingest_raw(path: &Path, obs_len: usize, transitions: usize) -> f64 {
                     .execute(params![run_id, EPISODE_LEN as i64, 50.0, &obs[EPISODE_LEN]])
                     .unwrap();
                 let ep_id = tx.last_insert_rowid();
-                for t in 0..EPISODE_LEN {
+                for (t, o) in obs.iter().take(EPISODE_LEN).enumerate() {
                     ins.execute(params![
                         ep_id,
                         t as i64,
-                        &obs[t],
+                        o,
                         ((t + e) % 2) as i64,
                         1.0,
                         t + 1 == EPISODE_LEN,
@@ -150,7 +192,9 @@ fn file_bytes(path: &Path) -> u64 {
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target"),
     }
 }
 
@@ -170,7 +214,18 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut figures = Vec::new();
 
-    for (name, obs_len, transitions) in [("ingest/cartpole", 4usize, 200_000usize), ("ingest/1kib", 256, 50_000)] {
+    // AUTODIDACT_REPLAY_BENCH_SAMPLE_ONLY=1 skips the ingest comparison (and writes no JSON),
+    // for quick iterations on the sampler.
+    let sample_only = std::env::var_os("AUTODIDACT_REPLAY_BENCH_SAMPLE_ONLY").is_some();
+    let ingest_cases: &[(&str, usize, usize)] = if sample_only {
+        &[]
+    } else {
+        &[
+            ("ingest/cartpole", 4, 200_000),
+            ("ingest/1kib", 256, 50_000),
+        ]
+    };
+    for &(name, obs_len, transitions) in ingest_cases {
         let mut ours = Vec::new();
         let mut raw = Vec::new();
         for r in 0..RUNS {
@@ -190,7 +245,10 @@ fn main() {
     }
 
     // Disk use and sampling both use one CartPole store of 1M transitions.
-    let n = 1_000_000;
+    let n: usize = std::env::var("AUTODIDACT_REPLAY_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let path = dir.path().join("big.sqlite");
     let (_, store) = ingest_store(&path, 4, n, n);
     drop(store);
@@ -207,7 +265,10 @@ fn main() {
     let store = ReplayStore::open(
         &path,
         StoreOptions {
-            mirror: MirrorOptions { capacity: n, alpha: 0.6 },
+            mirror: MirrorOptions {
+                capacity: n,
+                alpha: 0.6,
+            },
             ..StoreOptions::default()
         },
     )
@@ -220,23 +281,32 @@ fn main() {
     let nstep = NStep { n: 3, gamma: 0.99 };
     // Spread priorities so the tree is not uniform.
     for _ in 0..2000 {
-        sampler.sample_uniform(&mut rng, 256, nstep, &mut batch).unwrap();
+        sampler
+            .sample_uniform(&mut rng, 256, nstep, &mut batch)
+            .unwrap();
         let p: Vec<f32> = batch.ids.iter().map(|id| 0.1 + (id % 97) as f32).collect();
         sampler.update_priorities(&batch.ids, &p).unwrap();
     }
     let mut sample = Vec::new();
+    let mut sample_cpu = Vec::new();
     let mut with_update = Vec::new();
     let batches = 20_000;
     let mut prios = vec![1.0f32; 256];
     for _ in 0..RUNS {
         let start = Instant::now();
+        let cpu = thread_cpu_s();
         for _ in 0..batches {
-            sampler.sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch).unwrap();
+            sampler
+                .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
+                .unwrap();
         }
+        sample_cpu.push(batches as f64 / (thread_cpu_s() - cpu));
         sample.push(batches as f64 / start.elapsed().as_secs_f64());
         let start = Instant::now();
         for _ in 0..batches / 4 {
-            sampler.sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch).unwrap();
+            sampler
+                .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
+                .unwrap();
             for (p, id) in prios.iter_mut().zip(&batch.ids) {
                 *p = 0.5 + (id % 13) as f32;
             }
@@ -249,6 +319,13 @@ fn main() {
         unit: "batches/s",
         lower_is_better: false,
         samples: sample,
+        peer: None,
+    });
+    figures.push(Figure {
+        name: "sample_prioritized_cpu/256".into(),
+        unit: "batches/cpu-s",
+        lower_is_better: false,
+        samples: sample_cpu,
         peer: None,
     });
     figures.push(Figure {
@@ -266,7 +343,10 @@ fn main() {
         peer: None,
     });
 
-    println!("{:<32} {:>14} {:>14} {:>14} {:>16}  unit", "name", "median", "min", "max", "peer (median)");
+    println!(
+        "{:<32} {:>14} {:>14} {:>14} {:>16}  unit",
+        "name", "median", "min", "max", "peer (median)"
+    );
     for f in &figures {
         let min = f.samples.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = f.samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -285,6 +365,9 @@ fn main() {
         );
     }
 
+    if sample_only {
+        return;
+    }
     let results: Vec<serde_json::Value> = figures
         .iter()
         .map(|f| {
@@ -304,7 +387,9 @@ fn main() {
             v
         })
         .collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let doc = serde_json::json!({
         "area": "replay",
         "command": "cargo bench -p autodidact-replay --bench replay",

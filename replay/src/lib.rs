@@ -26,8 +26,7 @@ pub use mirror::{MirrorOptions, NStep, SampleBatch, Sampler};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::{
     Durability, EpisodeRow, EvictionPolicy, Model, ModelStatus, NewModel, NewReflection,
-    Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary,
-    TransitionRow,
+    Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary, TransitionRow,
 };
 pub use types::{Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, Run, RunSpec};
 pub use writer::{EpisodeWriter, Writer, WriterHandle, WriterOptions, WriterStats};

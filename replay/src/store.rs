@@ -465,9 +465,11 @@ impl ReplayStore {
         let tx = self.conn.unchecked_transaction()?;
         if let Some(parent) = model.parent {
             let exists: Option<i64> = tx
-                .query_row("SELECT version FROM models WHERE version = ?1", [parent], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT version FROM models WHERE version = ?1",
+                    [parent],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if exists.is_none() {
                 return Err(ReplayError::NotFound {
@@ -566,7 +568,9 @@ impl ReplayStore {
 
     /// All models, oldest first.
     pub fn models(&self) -> Result<Vec<Model>> {
-        let mut stmt = self.conn.prepare(&format!("{MODEL_SELECT} ORDER BY version"))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{MODEL_SELECT} ORDER BY version"))?;
         let rows = stmt.query_map([], model_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -744,7 +748,14 @@ impl ReplayStore {
                 } else {
                     let blob: Option<Vec<u8>> = row.get(4)?;
                     let blob = blob.ok_or_else(|| corrupt("transitions", id, "missing action"))?;
-                    decode_obs(Dtype::F32, &blob, act_len, &mut b.act_vec, "transitions", id)?;
+                    decode_obs(
+                        Dtype::F32,
+                        &blob,
+                        act_len,
+                        &mut b.act_vec,
+                        "transitions",
+                        id,
+                    )?;
                 }
                 b.rewards.push(row.get::<_, f64>(5)? as f32);
                 b.behaviour
@@ -753,7 +764,14 @@ impl ReplayStore {
                     .push(row.get::<_, Option<f64>>(7)?.map_or(f32::NAN, |v| v as f32));
             }
             let mut final_obs = Vec::with_capacity(obs_len);
-            decode_obs(dtype, &final_blob, obs_len, &mut final_obs, "episodes", ep_id)?;
+            decode_obs(
+                dtype,
+                &final_blob,
+                obs_len,
+                &mut final_obs,
+                "episodes",
+                ep_id,
+            )?;
             mirror.insert(&EpisodeIn {
                 episode_id: ep_id,
                 ids: &b.ids,
@@ -857,9 +875,11 @@ fn model_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Model>> {
 
 fn model_status(conn: &Connection, version: i64) -> Result<ModelStatus> {
     let s: Option<String> = conn
-        .query_row("SELECT status FROM models WHERE version = ?1", [version], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT status FROM models WHERE version = ?1",
+            [version],
+            |r| r.get(0),
+        )
         .optional()?;
     let s = s.ok_or(ReplayError::NotFound {
         what: "model",

@@ -54,8 +54,12 @@ impl Dtype {
     pub fn quantize(self, values: &mut [f32]) {
         match self {
             Dtype::F32 => {}
-            Dtype::F16 => values.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
-            Dtype::Bf16 => values.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+            Dtype::F16 => values
+                .iter_mut()
+                .for_each(|v| *v = f16::from_f32(*v).to_f32()),
+            Dtype::Bf16 => values
+                .iter_mut()
+                .for_each(|v| *v = bf16::from_f32(*v).to_f32()),
         }
     }
 
@@ -63,7 +67,9 @@ impl Dtype {
     pub fn encode_into(self, values: &[f32], out: &mut Vec<u8>) {
         out.reserve(values.len() * self.size());
         match self {
-            Dtype::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            Dtype::F32 => values
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             Dtype::F16 => values
                 .iter()
                 .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

@@ -108,7 +108,10 @@ struct Shared {
 
 impl Shared {
     fn failure(&self) -> Option<Arc<ReplayError>> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn stats(&self) -> WriterStats {
@@ -585,14 +588,21 @@ impl WriterState {
                 inserted.push((ep_id, ids));
             }
             if !dirty.is_empty() {
-                let mut up = tx.prepare_cached("UPDATE transitions SET priority = ?2 WHERE id = ?1")?;
+                let mut up =
+                    tx.prepare_cached("UPDATE transitions SET priority = ?2 WHERE id = ?1")?;
                 for (id, p) in &dirty {
                     up.execute(params![id, *p as f64])?;
                 }
             }
         }
-        let (victims, kept_t, kept_b) =
-            evict(&tx, &self.retention, &self.mirror, self.kept_transitions, self.kept_bytes, &mut deltas)?;
+        let (victims, kept_t, kept_b) = evict(
+            &tx,
+            &self.retention,
+            &self.mirror,
+            self.kept_transitions,
+            self.kept_bytes,
+            &mut deltas,
+        )?;
         {
             let mut up = tx.prepare_cached(UPSERT_STATS)?;
             for (run_id, d) in &deltas {
@@ -668,9 +678,8 @@ fn evict(
     if !over(kept_t, kept_b) {
         return Ok((victims, kept_t, kept_b));
     }
-    let mut oldest_stmt = tx.prepare_cached(
-        "SELECT id FROM episodes WHERE id < ?1 ORDER BY id LIMIT 1",
-    )?;
+    let mut oldest_stmt =
+        tx.prepare_cached("SELECT id FROM episodes WHERE id < ?1 ORDER BY id LIMIT 1")?;
     let mut info_stmt = tx.prepare_cached(
         "SELECT run_id, length, payload_bytes, episode_return FROM episodes WHERE id = ?1",
     )?;

@@ -119,7 +119,12 @@ fn sigkill_at_random_moments_leaves_whole_episodes() {
     let rounds = 30;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -144,7 +149,10 @@ fn sigkill_at_random_moments_leaves_whole_episodes() {
         std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
         child.kill().unwrap(); // SIGKILL on Unix
         let status = child.wait().unwrap();
-        assert!(!status.success(), "the child must have been killed, not finished");
+        assert!(
+            !status.success(),
+            "the child must have been killed, not finished"
+        );
         reader.join().unwrap();
         let reported = rx.try_iter().max().unwrap_or(0);
         committed_ever = committed_ever.max(reported);
@@ -164,7 +172,12 @@ fn sigkill_at_random_moments_leaves_whole_episodes() {
         assert!(summary.transitions_kept() as u64 <= MAX_KEPT);
         assert!(store.sampler().len() <= 2000);
         assert!(
-            store.models().unwrap().iter().filter(|m| m.status == ModelStatus::Champion).count()
+            store
+                .models()
+                .unwrap()
+                .iter()
+                .filter(|m| m.status == ModelStatus::Champion)
+                .count()
                 <= 1
         );
     }

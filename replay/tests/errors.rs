@@ -35,12 +35,13 @@ fn disk_full_stops_the_writer_cleanly() {
     };
     let store = ReplayStore::open(&path, opts).unwrap();
     let run = store.create_run(&big_spec()).unwrap();
-    let h = store.start_writer(WriterOptions {
-        channel_capacity: 4,
-        max_batch_transitions: 40,
-        ..WriterOptions::default()
-    })
-    .unwrap();
+    let h = store
+        .start_writer(WriterOptions {
+            channel_capacity: 4,
+            max_batch_transitions: 40,
+            ..WriterOptions::default()
+        })
+        .unwrap();
     let w = h.writer();
     let mut err = None;
     for _ in 0..200 {
@@ -57,7 +58,10 @@ fn disk_full_stops_the_writer_cleanly() {
     assert!(matches!(again.root(), ReplayError::DiskFull(_)), "{again}");
     let committed = h.stats().episodes as i64;
     assert!(committed > 0);
-    assert!(matches!(h.close(), Err(ReplayError::WriterStopped { cause: Some(_) })));
+    assert!(matches!(
+        h.close(),
+        Err(ReplayError::WriterStopped { cause: Some(_) })
+    ));
     // The mirror holds exactly what was committed.
     assert_eq!(store.sampler().len() as i64, committed * 20);
     drop(store);
@@ -95,7 +99,10 @@ fn read_only_store_refuses_writes_with_a_typed_error() {
         })
         .unwrap_err();
     assert!(matches!(e, ReplayError::ReadOnly(_)), "{e}");
-    assert!(matches!(reader.set_metadata("a", "b"), Err(ReplayError::ReadOnly(_))));
+    assert!(matches!(
+        reader.set_metadata("a", "b"),
+        Err(ReplayError::ReadOnly(_))
+    ));
     // A writer on a read-only store fails its first batch and stops.
     let h = reader.start_writer(WriterOptions::default()).unwrap();
     let w = h.writer();
@@ -105,7 +112,11 @@ fn read_only_store_refuses_writes_with_a_typed_error() {
     assert!(h.close().is_err());
     assert_eq!(reader.summary().unwrap().episodes_kept(), 1);
     drop(reader);
-    assert_eq!(std::fs::read(&path).unwrap(), before, "read-only open changed the file");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "read-only open changed the file"
+    );
     assert_eq!(check_whole_episodes(&path), 1);
 }
 
@@ -126,8 +137,13 @@ fn locked_database_gives_busy_and_a_clean_stop() {
 
     // Another connection (as another process would) takes the write lock and keeps it.
     let other = Connection::open(&path).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE; INSERT INTO metadata VALUES ('held', 'lock');").unwrap();
-    assert!(matches!(store.set_metadata("k", "v"), Err(ReplayError::Busy(_))));
+    other
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO metadata VALUES ('held', 'lock');")
+        .unwrap();
+    assert!(matches!(
+        store.set_metadata("k", "v"),
+        Err(ReplayError::Busy(_))
+    ));
     write_episode(&w, &run, 1, 5, EpisodeEnd::Terminated);
     let e = w.flush().unwrap_err();
     assert!(matches!(e.root(), ReplayError::Busy(_)), "{e}");

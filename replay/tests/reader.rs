@@ -84,7 +84,13 @@ fn read_only_process_sees_consistent_snapshots_while_writer_runs() {
     let mut tag = 1;
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
-        write_episode(&w, &run, tag, 1 + (tag as usize * 7) % 40, EpisodeEnd::Truncated);
+        write_episode(
+            &w,
+            &run,
+            tag,
+            1 + (tag as usize * 7) % 40,
+            EpisodeEnd::Truncated,
+        );
         tag += 1;
         if tag % 5 == 0 {
             w.flush().unwrap();

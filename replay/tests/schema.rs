@@ -83,13 +83,19 @@ fn version_1_file_is_upgraded_in_place() {
     // A reader may not migrate: it must refuse rather than misread.
     assert!(matches!(
         ReplayStore::open_read_only(&path),
-        Err(ReplayError::NeedsMigration { found: 1, expected: 2 })
+        Err(ReplayError::NeedsMigration {
+            found: 1,
+            expected: 2
+        })
     ));
 
     let store = ReplayStore::open(&path, StoreOptions::default()).unwrap();
     assert_eq!(store.schema_version().unwrap(), 2);
     // Old data is intact and readable through the new API.
-    assert_eq!(store.metadata("origin").unwrap().as_deref(), Some("v1 by hand"));
+    assert_eq!(
+        store.metadata("origin").unwrap().as_deref(),
+        Some("v1 by hand")
+    );
     let run = store.run(1).unwrap();
     assert_eq!(run.spec.action_space, ActionSpace::Discrete { n: 2 });
     let snap = store.snapshot().unwrap();
@@ -140,13 +146,20 @@ fn newer_schema_is_refused_untouched() {
     let before = std::fs::read(&path).unwrap();
     assert!(matches!(
         ReplayStore::open(&path, StoreOptions::default()),
-        Err(ReplayError::TooNew { found: 3, supported: 2 })
+        Err(ReplayError::TooNew {
+            found: 3,
+            supported: 2
+        })
     ));
     assert!(matches!(
         ReplayStore::open_read_only(&path),
         Err(ReplayError::TooNew { found: 3, .. })
     ));
-    assert_eq!(std::fs::read(&path).unwrap(), before, "a refused file must not change");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a refused file must not change"
+    );
 }
 
 #[test]
@@ -182,7 +195,11 @@ fn foreign_sqlite_file_is_refused() {
 fn non_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
-    std::fs::write(&path, b"this is not a database, just some text that is long enough").unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a database, just some text that is long enough",
+    )
+    .unwrap();
     assert!(matches!(
         ReplayStore::open(&path, StoreOptions::default()),
         Err(ReplayError::NotADatabase { .. })
@@ -207,9 +224,16 @@ fn new_file_has_wal_incremental_vacuum_and_marker() {
     assert_eq!(q("PRAGMA application_id"), APPLICATION_ID as i64);
     assert_eq!(q("PRAGMA user_version"), SCHEMA_VERSION);
     assert_eq!(q("PRAGMA auto_vacuum"), 2, "INCREMENTAL");
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
-    for index in ["episodes_run", "transitions_episode_step", "episodes_model", "reflections_kind"] {
+    for index in [
+        "episodes_run",
+        "transitions_episode_step",
+        "episodes_model",
+        "reflections_kind",
+    ] {
         let n = q(&format!(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '{index}'"
         ));

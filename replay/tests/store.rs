@@ -26,7 +26,11 @@ fn episodes_round_trip_and_become_sampleable() {
     let handle = store.start_writer(small_writer()).unwrap();
     let w = handle.writer();
     for tag in 0..20 {
-        let end = if tag % 3 == 0 { EpisodeEnd::Truncated } else { EpisodeEnd::Terminated };
+        let end = if tag % 3 == 0 {
+            EpisodeEnd::Truncated
+        } else {
+            EpisodeEnd::Terminated
+        };
         write_episode(&w, &run, tag, 5 + tag as usize, end);
     }
     w.flush().unwrap();
@@ -84,7 +88,7 @@ fn half_precision_and_continuous_actions_are_stored_compactly() {
         let run = store.create_run(&spec).unwrap();
         let handle = store.start_writer(small_writer()).unwrap();
         let w = handle.writer();
-        let o: Vec<f32> = vec![0.1, -1.7, 3.14159, 1000.5, 1e-3, -2.0];
+        let o: Vec<f32> = vec![0.1, -1.7, 3.25159, 1000.5, 1e-3, -2.0];
         let mut ep = w.begin_episode(&run, None);
         ep.push(&o, ActionRef::Continuous(&[0.25, -0.75]), 1.5, None)
             .unwrap();
@@ -157,11 +161,17 @@ fn nstep_targets_through_the_store() {
             seen.insert((tag, t));
             // rewards are t+1; k = min(3, 4 - t)
             let k = 3.min(4 - t);
-            let g: f32 = (0..k).map(|j| gamma.powi(j as i32) * (t + j + 1) as f32).sum();
+            let g: f32 = (0..k)
+                .map(|j| gamma.powi(j as i32) * (t + j + 1) as f32)
+                .sum();
             assert_eq!(batch.rewards[i], g, "tag {tag} step {t}");
             assert_eq!(&batch.obs[4 * i..4 * i + 4], &obs(tag as i64, t));
             assert_eq!(&batch.next_obs[4 * i..4 * i + 4], &obs(tag as i64, t + k));
-            let expected_discount = if t + k == 4 && tag == 0 { 0.0 } else { gamma.powi(k as i32) };
+            let expected_discount = if t + k == 4 && tag == 0 {
+                0.0
+            } else {
+                gamma.powi(k as i32)
+            };
             assert_eq!(batch.discounts[i], expected_discount, "tag {tag} step {t}");
             assert_eq!(batch.actions[i], (t % 2) as i64);
             assert_eq!(batch.weights[i], 1.0);
@@ -176,7 +186,10 @@ fn prioritized_sampling_follows_priorities_and_they_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
     let opts = StoreOptions {
-        mirror: MirrorOptions { capacity: 1000, alpha: 1.0 },
+        mirror: MirrorOptions {
+            capacity: 1000,
+            alpha: 1.0,
+        },
         ..StoreOptions::default()
     };
     let store = ReplayStore::open(&path, opts.clone()).unwrap();
@@ -207,7 +220,10 @@ fn prioritized_sampling_follows_priorities_and_they_survive_reopen() {
             .flat_map(|e| snap.transitions(e.id).unwrap().into_iter().map(|r| r.id))
             .collect()
     };
-    let prios: Vec<f32> = snap_ids.iter().map(|&id| if id == hot { 99.0 } else { 1.0 }).collect();
+    let prios: Vec<f32> = snap_ids
+        .iter()
+        .map(|&id| if id == hot { 99.0 } else { 1.0 })
+        .collect();
     assert_eq!(sampler.update_priorities(&snap_ids, &prios).unwrap(), 100);
     assert!(matches!(
         sampler.update_priorities(&[hot], &[0.0]),
@@ -234,7 +250,10 @@ fn prioritized_sampling_follows_priorities_and_they_survive_reopen() {
         // P(hot) = 99 / 198 = 1/2, and stratified sampling (one draw per 1/64 of the mass)
         // puts 32 draws in it, give or take the two segments its range only partly covers.
         let in_batch = hot_count - before;
-        assert!((31..=33).contains(&in_batch), "hot drawn {in_batch} times of {rows}");
+        assert!(
+            (31..=33).contains(&in_batch),
+            "hot drawn {in_batch} times of {rows}"
+        );
     }
     assert!(hot_count.abs_diff(rows * batches / 2) <= 100, "{hot_count}");
 
@@ -257,7 +276,10 @@ fn mirror_window_keeps_newest_whole_episodes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
     let opts = StoreOptions {
-        mirror: MirrorOptions { capacity: 25, alpha: 0.6 },
+        mirror: MirrorOptions {
+            capacity: 25,
+            alpha: 0.6,
+        },
         ..StoreOptions::default()
     };
     let store = ReplayStore::open(&path, opts.clone()).unwrap();
@@ -330,7 +352,12 @@ fn fifo_retention_evicts_whole_old_episodes_and_reclaims_space() {
             w.flush().unwrap();
             let snap = store.snapshot().unwrap();
             let ep = &snap.episodes(None).unwrap()[0];
-            first_ids = snap.transitions(ep.id).unwrap().iter().map(|r| r.id).collect();
+            first_ids = snap
+                .transitions(ep.id)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect();
         }
     }
     w.flush().unwrap();
@@ -346,14 +373,19 @@ fn fifo_retention_evicts_whole_old_episodes_and_reclaims_space() {
     assert_eq!(returns, expected);
     let sampler = store.sampler();
     assert_eq!(sampler.len(), 100);
-    assert_eq!(sampler.update_priorities(&first_ids, &vec![5.0; 10]).unwrap(), 0);
+    assert_eq!(
+        sampler.update_priorities(&first_ids, &[5.0; 10]).unwrap(),
+        0
+    );
     assert!(handle.stats().evicted_episodes >= 50);
     handle.close().unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let free: i64 = conn
         .query_row("PRAGMA freelist_count", [], |r| r.get(0))
         .unwrap();
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
     // 600 KiB of observations went through; 100 KiB remain. Without reclaim the file would
     // keep ~150 pages of 4 KiB.
     assert!(free <= 4, "{free} free pages left after incremental vacuum");
@@ -387,9 +419,16 @@ fn lowest_priority_retention_keeps_valuable_episodes() {
     let sampler = store.sampler();
     let snap = store.snapshot().unwrap();
     for (tag, ep) in snap.episodes(None).unwrap().iter().enumerate() {
-        let ids: Vec<i64> = snap.transitions(ep.id).unwrap().iter().map(|r| r.id).collect();
+        let ids: Vec<i64> = snap
+            .transitions(ep.id)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
         let p = if tag < 5 { 50.0 } else { 0.1 };
-        sampler.update_priorities(&ids, &vec![p; ids.len()]).unwrap();
+        sampler
+            .update_priorities(&ids, &vec![p; ids.len()])
+            .unwrap();
     }
     drop(snap);
     for tag in 20..30 {
@@ -406,7 +445,10 @@ fn lowest_priority_retention_keeps_valuable_episodes() {
         .collect();
     assert_eq!(tags.len(), 20);
     for tag in 0..5 {
-        assert!(tags.contains(&tag), "valuable episode {tag} evicted: {tags:?}");
+        assert!(
+            tags.contains(&tag),
+            "valuable episode {tag} evicted: {tags:?}"
+        );
     }
     for tag in 20..30 {
         assert!(tags.contains(&tag), "new episode {tag} evicted: {tags:?}");
@@ -442,7 +484,10 @@ fn model_registry_keeps_one_champion() {
     assert_eq!(store.champion().unwrap().unwrap().version, m1.version);
     store.promote(m2.version).unwrap();
     assert_eq!(store.champion().unwrap().unwrap().version, m2.version);
-    assert_eq!(store.model(m1.version).unwrap().status, ModelStatus::Candidate);
+    assert_eq!(
+        store.model(m1.version).unwrap().status,
+        ModelStatus::Candidate
+    );
     assert!(matches!(
         store.reject(m2.version),
         Err(ReplayError::ModelStatus { .. })
@@ -457,17 +502,27 @@ fn model_registry_keeps_one_champion() {
         Err(ReplayError::NotFound { id: 77, .. })
     ));
     assert_eq!(store.latest_model().unwrap().unwrap().version, m3.version);
-    assert_eq!(store.latest_model().unwrap().unwrap().status, ModelStatus::Rejected);
+    assert_eq!(
+        store.latest_model().unwrap().unwrap().status,
+        ModelStatus::Rejected
+    );
     let statuses: Vec<ModelStatus> = store.models().unwrap().iter().map(|m| m.status).collect();
     assert_eq!(
         statuses,
-        [ModelStatus::Candidate, ModelStatus::Champion, ModelStatus::Rejected]
+        [
+            ModelStatus::Candidate,
+            ModelStatus::Champion,
+            ModelStatus::Rejected
+        ]
     );
     // The schema itself refuses a second champion, whoever writes.
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     assert!(
-        conn.execute("UPDATE models SET status = 'champion' WHERE version = ?1", [m1.version])
-            .is_err()
+        conn.execute(
+            "UPDATE models SET status = 'champion' WHERE version = ?1",
+            [m1.version]
+        )
+        .is_err()
     );
     let summary = store.summary().unwrap();
     assert_eq!((summary.models, summary.champion), (3, Some(m2.version)));
@@ -480,7 +535,11 @@ fn reflections_and_metadata() {
     for i in 0..5 {
         store
             .add_reflection(&NewReflection {
-                kind: if i % 2 == 0 { "drift".into() } else { "promotion".into() },
+                kind: if i % 2 == 0 {
+                    "drift".into()
+                } else {
+                    "promotion".into()
+                },
                 model_version: Some(i),
                 data: serde_json::json!({"i": i}),
                 sentence: format!("Reflection number {i}."),
@@ -488,7 +547,13 @@ fn reflections_and_metadata() {
             .unwrap();
     }
     let drift = store.reflections(Some("drift"), 10).unwrap();
-    assert_eq!(drift.iter().map(|r| r.data["i"].as_i64().unwrap()).collect::<Vec<_>>(), [4, 2, 0]);
+    assert_eq!(
+        drift
+            .iter()
+            .map(|r| r.data["i"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 2, 0]
+    );
     assert_eq!(drift[0].sentence, "Reflection number 4.");
     assert_eq!(store.reflections(None, 2).unwrap().len(), 2);
     assert_eq!(store.reflections(Some("none"), 10).unwrap().len(), 0);
@@ -516,19 +581,26 @@ fn one_writer_per_store_and_shape_checks() {
         Err(ReplayError::InvalidArgument(_))
     ));
     let mut ep = w.begin_episode(&run, None);
-    ep.push(&obs(0, 0), ActionRef::Discrete(1), 1.0, None).unwrap();
+    ep.push(&obs(0, 0), ActionRef::Discrete(1), 1.0, None)
+        .unwrap();
     assert!(matches!(
         ep.finish(&[1.0, 2.0], EpisodeEnd::Terminated),
         Err(ReplayError::Shape(_))
     ));
     h.close().unwrap();
     // After close, the old sender reports a stopped writer, and a new writer may start.
-    assert!(matches!(w.flush(), Err(ReplayError::WriterStopped { cause: None })));
+    assert!(matches!(
+        w.flush(),
+        Err(ReplayError::WriterStopped { cause: None })
+    ));
     let h2 = store.start_writer(WriterOptions::default()).unwrap();
     write_episode(&h2.writer(), &run, 0, 3, EpisodeEnd::Terminated);
     assert_eq!(h2.close().unwrap().episodes, 1);
     assert!(matches!(
-        store.create_run(&RunSpec { obs_dims: vec![0], ..cartpole_spec() }),
+        store.create_run(&RunSpec {
+            obs_dims: vec![0],
+            ..cartpole_spec()
+        }),
         Err(ReplayError::InvalidArgument(_))
     ));
 }

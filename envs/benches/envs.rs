@@ -106,7 +106,7 @@ fn run_peer(out: &Path) -> Result<Value, String> {
     let limit = std::env::var("AUTODIDACT_BENCH_PEER_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600u64);
+        .unwrap_or(180u64);
     let mut child = Command::new("python3")
         .arg(&script)
         .args(["--steps", "50000", "--trials", "3", "--out"])

@@ -426,11 +426,16 @@ fn rust_env_served_over_a_real_socket() {
             sock,
         )
     });
+    // Busy-polling on: exercises the spin-then-block read path (off by default).
+    let cfg = RemoteConfig {
+        spin: std::time::Duration::from_micros(200),
+        ..RemoteConfig::default()
+    };
     let mut remote = RemoteEnv::connect(
         Transport::Tcp {
             addr: addr.to_string(),
         },
-        RemoteConfig::default(),
+        cfg,
     )
     .unwrap();
     assert_eq!(remote.name(), Some("rust-pendulum"));

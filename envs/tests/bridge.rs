@@ -155,10 +155,13 @@ fn embedded_bridge_copy_works_without_the_source_tree() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), GYM_BRIDGE_SOURCE);
     let t = Transport::Exec {
         program: "python3".into(),
+        // --spin-us exercises the bridge's busy-poll reader (off by default).
         args: vec![
             path.to_string_lossy().into_owned(),
             "--env".into(),
             "MountainCar-v0".into(),
+            "--spin-us".into(),
+            "200".into(),
         ],
     };
     let mut env = RemoteEnv::connect(t, fast_config()).unwrap();

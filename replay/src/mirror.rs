@@ -167,30 +167,41 @@ pub(crate) struct EpisodeIn<'a> {
     pub priorities: Option<&'a [f32]>,
 }
 
-/// The scalars of one stored transition.
+/// What a sampled slot needs besides its n-step walk: 32 bytes, aligned so that it never
+/// straddles two cache lines.
 #[derive(Debug, Clone, Copy)]
-struct SlotMeta {
+#[repr(C, align(32))]
+struct SlotRow {
     id: i64,
     /// Discrete action (unused for continuous actions, which live in `act_vec`).
     act: i64,
-    reward: f32,
     behaviour: f32,
-    /// Slot of the next step of the same episode, or `NONE` after the last step.
-    next: u32,
     /// Index of the episode in `eps`.
     ep: u32,
     /// Steps from this one to the end of the episode, this one included (`len - t`).
     steps_left: u32,
 }
 
-const EMPTY_SLOT: SlotMeta = SlotMeta {
+/// What the n-step walk reads per step: 8 bytes, so the following steps of an episode
+/// (usually adjacent slots) share the sampled slot's cache line.
+#[derive(Debug, Clone, Copy)]
+struct SlotLink {
+    reward: f32,
+    /// Slot of the next step of the same episode, or `NONE` after the last step.
+    next: u32,
+}
+
+const EMPTY_ROW: SlotRow = SlotRow {
     id: 0,
     act: 0,
-    reward: 0.0,
     behaviour: f32::NAN,
-    next: NONE,
     ep: NONE,
     steps_left: 0,
+};
+
+const EMPTY_LINK: SlotLink = SlotLink {
+    reward: 0.0,
+    next: NONE,
 };
 
 #[derive(Debug)]
@@ -211,8 +222,10 @@ pub(crate) struct Mirror {
     obs_len: usize,
     act_len: usize,
     shaped: bool,
-    /// Per-slot scalars, together so that a sampled slot costs one cache miss for them.
-    meta: Vec<SlotMeta>,
+    /// Per-slot scalars, split by who reads them so that a sampled slot costs few cache
+    /// misses.
+    rows: Vec<SlotRow>,
+    links: Vec<SlotLink>,
     obs: Vec<f32>,
     act_vec: Vec<f32>,
     prio: Vec<f32>,
@@ -243,7 +256,8 @@ impl Mirror {
             obs_len: 0,
             act_len: 0,
             shaped: false,
-            meta: Vec::new(),
+            rows: Vec::new(),
+            links: Vec::new(),
             obs: Vec::new(),
             act_vec: Vec::new(),
             prio: Vec::new(),
@@ -280,7 +294,7 @@ impl Mirror {
     }
 
     fn free_slots(&self) -> usize {
-        self.capacity - self.meta.len() + self.free.len()
+        self.capacity - self.rows.len() + self.free.len()
     }
 
     /// Adds a committed episode. Episodes of another shape than the window's (set by the first
@@ -330,8 +344,9 @@ impl Mirror {
             let slot = match self.free.pop() {
                 Some(s) => s,
                 None => {
-                    let s = self.meta.len() as u32;
-                    self.meta.push(EMPTY_SLOT);
+                    let s = self.rows.len() as u32;
+                    self.rows.push(EMPTY_ROW);
+                    self.links.push(EMPTY_LINK);
                     self.obs.resize(self.obs.len() + self.obs_len, 0.0);
                     self.act_vec.resize(self.act_vec.len() + self.act_len, 0.0);
                     self.prio.push(0.0);
@@ -347,14 +362,16 @@ impl Mirror {
             if a > 0 {
                 self.act_vec[s * a..(s + 1) * a].copy_from_slice(&ep.act_vec[t * a..(t + 1) * a]);
             }
-            self.meta[s] = SlotMeta {
+            self.rows[s] = SlotRow {
                 id: ep.ids[t],
                 act: if a == 0 { ep.act_int[t] } else { 0 },
-                reward: ep.rewards[t],
                 behaviour: ep.behaviour[t],
-                next: NONE,
                 ep: ep_slot,
                 steps_left: (len - t) as u32,
+            };
+            self.links[s] = SlotLink {
+                reward: ep.rewards[t],
+                next: NONE,
             };
             let p = match ep.priorities.map(|p| p[t]) {
                 Some(p) if p.is_finite() && p > 0.0 => p,
@@ -368,7 +385,7 @@ impl Mirror {
             self.live.push(slot);
             self.by_id.insert(ep.ids[t], slot);
             if prev != NONE {
-                self.meta[prev as usize].next = slot;
+                self.links[prev as usize].next = slot;
             } else {
                 first = slot;
             }
@@ -403,7 +420,7 @@ impl Mirror {
         while slot != NONE {
             let s = slot as usize;
             self.tree.set(s, 0.0);
-            self.by_id.remove(&self.meta[s].id);
+            self.by_id.remove(&self.rows[s].id);
             self.dirty[s] = false;
             let pos = self.live_pos[s] as usize;
             let last = self.live.len() - 1;
@@ -412,8 +429,9 @@ impl Mirror {
             self.live.pop();
             self.live_pos[s] = NONE;
             self.free.push(slot);
-            slot = self.meta[s].next;
-            self.meta[s] = EMPTY_SLOT;
+            slot = self.links[s].next;
+            self.rows[s] = EMPTY_ROW;
+            self.links[s] = EMPTY_LINK;
         }
     }
 
@@ -428,7 +446,7 @@ impl Mirror {
                 let mut slot = ep.first;
                 while slot != NONE {
                     sum += self.prio[slot as usize] as f64;
-                    slot = self.meta[slot as usize].next;
+                    slot = self.links[slot as usize].next;
                 }
                 (sum / ep.len.max(1) as f64, ep.id)
             })
@@ -482,8 +500,8 @@ impl Mirror {
         Ok(updated)
     }
 
-    /// Loads what `fill` will read for every slot about to be filled: the slot's metadata,
-    /// that of the next `n` steps (usually the adjacent slots) and the observations.
+    /// Loads what `fill` will read for every slot about to be filled: the slot's row, the
+    /// links of it and of `n` steps on (usually adjacent slots) and the observations.
     ///
     /// Sampled slots are random, so each costs cache misses; in this tiny loop the loads of
     /// many slots are in flight at once, whereas inside `fill` each row would wait for its own
@@ -493,10 +511,10 @@ impl Mirror {
         let n = n.clamp(1, 4);
         let mut acc = 0u32;
         for &s in slots {
-            for j in 0..=n {
-                if let Some(m) = self.meta.get(s + j) {
-                    acc = acc.wrapping_add(m.steps_left ^ m.reward.to_bits());
-                }
+            if let (Some(r), Some(l), Some(m)) =
+                (self.rows.get(s), self.links.get(s), self.links.get(s + n))
+            {
+                acc = acc.wrapping_add(r.steps_left ^ l.next ^ m.next);
             }
             if let (Some(x), Some(y)) = (self.obs.get(s * o), self.obs.get((s + n) * o)) {
                 acc = acc.wrapping_add(x.to_bits() ^ y.to_bits());
@@ -509,7 +527,7 @@ impl Mirror {
     #[inline]
     fn fill(&self, batch: &mut SampleBatch, i: usize, slot: u32, nstep: NStep) {
         let s = slot as usize;
-        let m = self.meta[s];
+        let m = self.rows[s];
         let o = self.obs_len;
         batch.ids[i] = m.id;
         copy_obs(
@@ -526,11 +544,11 @@ impl Mirror {
         batch.behaviour[i] = m.behaviour;
         let remaining = m.steps_left as usize;
         let k = nstep.n.max(1).min(remaining);
-        let mut g = m.reward;
+        let mut cur = self.links[s];
+        let mut g = cur.reward;
         let mut disc = nstep.gamma;
-        let mut cur = m;
         for _ in 1..k {
-            cur = self.meta[cur.next as usize];
+            cur = self.links[cur.next as usize];
             g += disc * cur.reward;
             disc *= nstep.gamma;
         }

@@ -261,87 +261,83 @@ fn main() {
         peer: None,
     });
 
-    let t0 = Instant::now();
-    let store = ReplayStore::open(
-        &path,
-        StoreOptions {
-            mirror: MirrorOptions {
-                capacity: n,
-                alpha: 0.6,
+    // The official figure uses a 1M-transition window (a DQN-sized buffer, mostly out of
+    // cache); the 100k one shows the same code when the window fits the caches better.
+    for (window, suffix) in [(n, ""), (n / 10, "@100k")] {
+        let t0 = Instant::now();
+        let store = ReplayStore::open(
+            &path,
+            StoreOptions {
+                mirror: MirrorOptions {
+                    capacity: window,
+                    alpha: 0.6,
+                },
+                ..StoreOptions::default()
             },
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
-    let rebuild_s = t0.elapsed().as_secs_f64();
-    let sampler = store.sampler();
-    assert_eq!(sampler.len(), n);
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut batch = SampleBatch::with_capacity(256);
-    let nstep = NStep { n: 3, gamma: 0.99 };
-    // Spread priorities so the tree is not uniform.
-    for _ in 0..2000 {
-        sampler
-            .sample_uniform(&mut rng, 256, nstep, &mut batch)
-            .unwrap();
-        let p: Vec<f32> = batch.ids.iter().map(|id| 0.1 + (id % 97) as f32).collect();
-        sampler.update_priorities(&batch.ids, &p).unwrap();
-    }
-    let mut sample = Vec::new();
-    let mut sample_cpu = Vec::new();
-    let mut with_update = Vec::new();
-    let batches = 20_000;
-    let mut prios = vec![1.0f32; 256];
-    for _ in 0..RUNS {
-        let start = Instant::now();
-        let cpu = thread_cpu_s();
-        for _ in 0..batches {
+        )
+        .unwrap();
+        let rebuild_s = t0.elapsed().as_secs_f64();
+        let sampler = store.sampler();
+        assert_eq!(sampler.len(), window);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut batch = SampleBatch::with_capacity(256);
+        let nstep = NStep { n: 3, gamma: 0.99 };
+        // Spread priorities so the tree is not uniform.
+        for _ in 0..2000 {
             sampler
-                .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
+                .sample_uniform(&mut rng, 256, nstep, &mut batch)
                 .unwrap();
+            let p: Vec<f32> = batch.ids.iter().map(|id| 0.1 + (id % 97) as f32).collect();
+            sampler.update_priorities(&batch.ids, &p).unwrap();
         }
-        sample_cpu.push(batches as f64 / (thread_cpu_s() - cpu));
-        sample.push(batches as f64 / start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        for _ in 0..batches / 4 {
-            sampler
-                .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
-                .unwrap();
-            for (p, id) in prios.iter_mut().zip(&batch.ids) {
-                *p = 0.5 + (id % 13) as f32;
+        let mut sample = Vec::new();
+        let mut sample_cpu = Vec::new();
+        let mut with_update = Vec::new();
+        let batches = 20_000;
+        let mut prios = vec![1.0f32; 256];
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            let cpu = thread_cpu_s();
+            for _ in 0..batches {
+                sampler
+                    .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
+                    .unwrap();
             }
-            sampler.update_priorities(&batch.ids, &prios).unwrap();
+            sample_cpu.push(batches as f64 / (thread_cpu_s() - cpu));
+            sample.push(batches as f64 / start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            for _ in 0..batches / 4 {
+                sampler
+                    .sample_prioritized(&mut rng, 256, nstep, 0.4, &mut batch)
+                    .unwrap();
+                for (p, id) in prios.iter_mut().zip(&batch.ids) {
+                    *p = 0.5 + (id % 13) as f32;
+                }
+                sampler.update_priorities(&batch.ids, &prios).unwrap();
+            }
+            with_update.push((batches / 4) as f64 / start.elapsed().as_secs_f64());
         }
-        with_update.push((batches / 4) as f64 / start.elapsed().as_secs_f64());
+        for (name, unit, samples) in [
+            ("sample_prioritized/256", "batches/s", sample),
+            ("sample_prioritized_cpu/256", "batches/cpu-s", sample_cpu),
+            ("sample_prioritized_update/256", "batches/s", with_update),
+        ] {
+            figures.push(Figure {
+                name: format!("{name}{suffix}"),
+                unit,
+                lower_is_better: false,
+                samples,
+                peer: None,
+            });
+        }
+        figures.push(Figure {
+            name: format!("rebuild{}", if suffix.is_empty() { "@1m" } else { suffix }),
+            unit: "s",
+            lower_is_better: true,
+            samples: vec![rebuild_s],
+            peer: None,
+        });
     }
-    figures.push(Figure {
-        name: "sample_prioritized/256".into(),
-        unit: "batches/s",
-        lower_is_better: false,
-        samples: sample,
-        peer: None,
-    });
-    figures.push(Figure {
-        name: "sample_prioritized_cpu/256".into(),
-        unit: "batches/cpu-s",
-        lower_is_better: false,
-        samples: sample_cpu,
-        peer: None,
-    });
-    figures.push(Figure {
-        name: "sample_prioritized_update/256".into(),
-        unit: "batches/s",
-        lower_is_better: false,
-        samples: with_update,
-        peer: None,
-    });
-    figures.push(Figure {
-        name: "rebuild/1m".into(),
-        unit: "s",
-        lower_is_better: true,
-        samples: vec![rebuild_s],
-        peer: None,
-    });
 
     println!(
         "{:<32} {:>14} {:>14} {:>14} {:>16}  unit",

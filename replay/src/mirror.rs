@@ -111,6 +111,7 @@ pub struct SampleBatch {
     pub behaviour: Vec<f32>,
     scratch_u: Vec<f64>,
     scratch_leaf: Vec<usize>,
+    scratch_f32: Vec<f32>,
 }
 
 impl SampleBatch {
@@ -685,7 +686,11 @@ impl Sampler {
             .extend((0..rows).map(|i| (i as f64 + rng.random::<f64>()) * segment));
         batch.scratch_leaf.resize(rows, 0);
         m.tree
-            .find_many(&mut batch.scratch_u, &mut batch.scratch_leaf)
+            .find_many(
+                &batch.scratch_u,
+                &mut batch.scratch_leaf,
+                &mut batch.scratch_f32,
+            )
             .ok_or(ReplayError::Empty)?;
         // w_i = (N·P(i))^-β normalised by the batch maximum, which belongs to the smallest
         // priority in the batch, so w_i / max = (p_i / p_min)^-β: exactly 1 for that row.

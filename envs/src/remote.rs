@@ -163,6 +163,12 @@ pub struct RemoteStats {
     pub truncated_by_fault: u64,
 }
 
+/// `t + d`, saturating: a configured `Duration::MAX` means "wait for ever", not a panic.
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 struct Conn {
     child: Option<Child>,
     writer: Box<dyn Write + Send>,
@@ -286,7 +292,7 @@ impl Conn {
     fn wait_readable(&mut self, deadline: Instant, spin: Duration) -> std::io::Result<bool> {
         let started = Instant::now();
         let window = self.spin.window(spin);
-        let r = self.poll_until(deadline, started + window);
+        let r = self.poll_until(deadline, after(started, window));
         if window > Duration::ZERO || self.spin.off {
             self.spin.record(started.elapsed(), spin);
         }
@@ -391,7 +397,7 @@ impl Conn {
         if let Some(child) = self.child.as_mut() {
             // Closing stdin tells a well-behaved peer to exit; then give it a moment.
             self.writer = Box::new(std::io::sink());
-            let deadline = Instant::now() + grace;
+            let deadline = after(Instant::now(), grace);
             while Instant::now() < deadline {
                 match child.try_wait() {
                     Ok(Some(_)) => {
@@ -457,7 +463,7 @@ fn handshake(conn: &mut Conn, cfg: &RemoteConfig) -> Result<(Space, Space, Optio
         &mut out,
     );
     conn.send(&out, "hello")?;
-    let deadline = Instant::now() + cfg.connect_timeout;
+    let deadline = after(Instant::now(), cfg.connect_timeout);
     match conn.recv(deadline, cfg, cfg.connect_timeout, "hello")? {
         Response::Hello {
             protocol,
@@ -585,7 +591,7 @@ impl RemoteEnv {
         self.out.clear();
         protocol::encode_request(req, &mut self.out);
         conn.send(&self.out, op)?;
-        let deadline = Instant::now() + self.cfg.call_timeout;
+        let deadline = after(Instant::now(), self.cfg.call_timeout);
         conn.recv(deadline, &self.cfg, self.cfg.call_timeout, op)
     }
 

@@ -162,3 +162,46 @@ fn locked_database_gives_busy_and_a_clean_stop() {
     drop(store);
     assert_eq!(check_whole_episodes(&path), 2);
 }
+
+#[test]
+fn a_stalled_disk_blocks_senders_instead_of_buffering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let store = ReplayStore::open(&path, StoreOptions::default()).unwrap();
+    let run = store.create_run(&cartpole_spec()).unwrap();
+    let h = store
+        .start_writer(WriterOptions {
+            channel_capacity: 2,
+            max_batch_transitions: 1,
+            max_batch_latency: Duration::ZERO,
+            persist_priorities: true,
+        })
+        .unwrap();
+    // Another connection holds the write lock: the writer waits (busy timeout 5 s) as it
+    // would on a stalled disk.
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let actor = {
+        let (w, run, sent) = (h.writer(), run.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for tag in 0..20 {
+                write_episode(&w, &run, tag, 3, EpisodeEnd::Terminated);
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // One episode in the writer's stalled batch plus two in the channel; the fourth send
+    // blocks. However long we waited, an unbounded queue would have taken all 20.
+    let queued = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        queued <= 3,
+        "{queued} episodes accepted while the writer was stalled"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    actor.join().unwrap();
+    h.flush().unwrap();
+    assert_eq!(h.close().unwrap().episodes, 20);
+    assert_eq!(store.summary().unwrap().episodes_kept(), 20);
+}

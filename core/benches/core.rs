@@ -368,18 +368,25 @@ fn main() {
         );
         push(format!("moe_forward/batch{batch}"), "µs", true, &s, pm);
     }
-    println!("\n| GEMM 2048³ f32, 2 threads | GFLOP/s med [min,max] |");
+    println!("\n| GEMM 2048³ f32 | GFLOP/s med [min,max] |");
     println!("|---|---|");
-    for which in ["gemm", "matrixmultiply"] {
+    for (which, label, name) in [
+        (
+            "ours",
+            "kernels::matmul, 2 threads (matrixmultiply kernel, row-split on rayon)",
+            "gemm/2048",
+        ),
+        (
+            "gemm-crate",
+            "gemm crate with its own rayon split, 2 threads",
+            "gemm/2048/gemm-crate",
+        ),
+        ("seq", "kernels::matmul, 1 thread", "gemm/2048/1thread"),
+    ] {
         wait_quiet();
         let s = bench_gemm(2048, if quick { 3 } else { 10 }, which);
-        println!("| {which} | {:.1} [{:.1}, {:.1}] |", s.median, s.min, s.max);
-        let name = if which == "gemm" {
-            "gemm/2048".to_string()
-        } else {
-            "gemm/2048/matrixmultiply".to_string()
-        };
-        push(name, "GFLOP/s", false, &s, None);
+        println!("| {label} | {:.1} [{:.1}, {:.1}] |", s.median, s.min, s.max);
+        push(name.to_string(), "GFLOP/s", false, &s, None);
     }
     let out = json!({
         "area": "core",

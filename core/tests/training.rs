@@ -446,3 +446,46 @@ fn experts_specialise_on_a_piecewise_function() {
         "MoE did not fit the piecewise function: MSE {moe_loss}"
     );
 }
+
+#[test]
+fn gemm_parallel_mode_matches_single_thread() {
+    // One expert and two threads: the layer splits each GEMM across the pool instead of
+    // running one task per expert. Its results must match a one-thread run.
+    use autodidact_core::MoeLayer;
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut rng = ChaCha8Rng::seed_from_u64(8);
+            let mut layer = MoeLayer::new("moe", MoeConfig::new(128, 256, 1, 1), &mut rng).unwrap();
+            let x = random_batch(&mut rng, 1024, 128);
+            let dy = random_batch(&mut rng, 1024, 128);
+            let (mut y, mut dx) = (Tensor::default(), Tensor::default());
+            layer.forward(&x, &mut y, true).unwrap();
+            layer.backward(&x, &dy, &mut dx).unwrap();
+            let mut grads = Vec::new();
+            layer.visit_params(&mut |p| grads.extend_from_slice(p.grad.data()));
+            (y.into_vec(), dx.into_vec(), grads)
+        })
+    };
+    let (a, b) = (run(2), run(1));
+    for (name, x, y) in [
+        ("output", &a.0, &b.0),
+        ("input grad", &a.1, &b.1),
+        ("param grads", &a.2, &b.2),
+    ] {
+        let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+            / scale;
+        assert!(
+            worst < 1e-5,
+            "{name}: 2-thread split GEMMs differ from 1 thread by {worst:e} of scale"
+        );
+    }
+}

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
 use crate::network::{Network, NetworkConfig};
+use crate::normalizer::ObsNormalizer;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::param::Module;
 
@@ -259,8 +260,8 @@ pub(crate) fn read_f64(
         .collect())
 }
 
-pub(crate) fn normalizer_blobs(net: &Network, blobs: &mut BTreeMap<String, Blob>) {
-    let n = &net.normalizer;
+/// The normaliser's statistics as f64 tensors (checkpoints and snapshots store them alike).
+pub(crate) fn normalizer_blobs(n: &ObsNormalizer, blobs: &mut BTreeMap<String, Blob>) {
     let dim = n.mean.len();
     blobs.insert(
         "normalizer.mean".into(),
@@ -288,11 +289,16 @@ pub(crate) fn normalizer_blobs(net: &Network, blobs: &mut BTreeMap<String, Blob>
     );
 }
 
-pub(crate) fn read_normalizer(path: &Path, st: &SafeTensors<'_>, net: &mut Network) -> Result<()> {
-    let dim = net.normalizer.mean.len();
-    net.normalizer.mean = read_f64(path, st, "normalizer.mean", dim)?;
-    net.normalizer.var = read_f64(path, st, "normalizer.var", dim)?;
-    net.normalizer.count = read_f64(path, st, "normalizer.count", 1)?[0];
+/// Reads what [`normalizer_blobs`] wrote into `n`, whose dimension is already set.
+pub(crate) fn read_normalizer(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    n: &mut ObsNormalizer,
+) -> Result<()> {
+    let dim = n.mean.len();
+    n.mean = read_f64(path, st, "normalizer.mean", dim)?;
+    n.var = read_f64(path, st, "normalizer.var", dim)?;
+    n.count = read_f64(path, st, "normalizer.count", 1)?[0];
     Ok(())
 }
 
@@ -317,7 +323,7 @@ pub fn save_checkpoint(
             },
         );
     });
-    normalizer_blobs(net, &mut blobs);
+    normalizer_blobs(&net.normalizer, &mut blobs);
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("format_version".into(), FORMAT_VERSION.to_string());
@@ -392,7 +398,7 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
     if let Some(e) = err {
         return Err(e);
     }
-    read_normalizer(path, &st, &mut net)?;
+    read_normalizer(path, &st, &mut net.normalizer)?;
     let optimizer = match meta.get("optimizer") {
         None => None,
         Some(j) => {

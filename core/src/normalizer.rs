@@ -64,6 +64,17 @@ impl ObsNormalizer {
         Ok(())
     }
 
+    /// Normalises one observation in place (a no-op while disabled or before any update).
+    pub fn apply_row(&self, row: &mut [f32]) {
+        if !self.enabled || self.count == 0.0 {
+            return;
+        }
+        for ((v, &m), &var) in row.iter_mut().zip(&self.mean).zip(&self.var) {
+            let z = ((f64::from(*v) - m) / (var + 1e-8).sqrt()) as f32;
+            *v = z.clamp(-self.clip, self.clip);
+        }
+    }
+
     /// Writes the normalised `obs` into `out`.
     pub fn apply(&self, obs: &Tensor, out: &mut Tensor) {
         out.resize(obs.shape());
@@ -71,12 +82,8 @@ impl ObsNormalizer {
         if !self.enabled || self.count == 0.0 {
             return;
         }
-        let dim = self.mean.len();
-        for row in out.data_mut().chunks_exact_mut(dim) {
-            for ((v, &m), &var) in row.iter_mut().zip(&self.mean).zip(&self.var) {
-                let z = ((f64::from(*v) - m) / (var + 1e-8).sqrt()) as f32;
-                *v = z.clamp(-self.clip, self.clip);
-            }
+        for row in out.data_mut().chunks_exact_mut(self.mean.len()) {
+            self.apply_row(row);
         }
     }
 }

@@ -389,13 +389,7 @@ impl<W: Weight> ActingNet<W> {
         let d = self.config.d_model;
         let od = obs.len();
         s.inp[..od].copy_from_slice(obs);
-        if self.normalizer.enabled && self.normalizer.count > 0.0 {
-            for j in 0..od {
-                let z = ((f64::from(s.inp[j]) - self.normalizer.mean[j])
-                    / (self.normalizer.var[j] + 1e-8).sqrt()) as f32;
-                s.inp[j] = z.clamp(-self.normalizer.clip, self.normalizer.clip);
-            }
-        }
+        self.normalizer.apply_row(&mut s.inp[..od]);
         self.input.forward(&s.inp, &mut s.x, &mut s.w);
         for (norm, ffn) in &self.blocks {
             norm.forward(&s.x, &mut s.n);
@@ -549,32 +543,7 @@ impl<W: Weight> ActingNet<W> {
                 put_lin(&mut blobs, "head.value", value);
             }
         }
-        let n = &self.normalizer;
-        let dim = n.mean.len();
-        blobs.insert(
-            "normalizer.mean".into(),
-            Blob {
-                dtype: Dtype::F64,
-                shape: vec![dim],
-                bytes: checkpoint::f64_bytes(&n.mean),
-            },
-        );
-        blobs.insert(
-            "normalizer.var".into(),
-            Blob {
-                dtype: Dtype::F64,
-                shape: vec![dim],
-                bytes: checkpoint::f64_bytes(&n.var),
-            },
-        );
-        blobs.insert(
-            "normalizer.count".into(),
-            Blob {
-                dtype: Dtype::F64,
-                shape: vec![1],
-                bytes: checkpoint::f64_bytes(&[n.count]),
-            },
-        );
+        checkpoint::normalizer_blobs(&self.normalizer, &mut blobs);
         let mut meta = HashMap::new();
         meta.insert("format".into(), SNAPSHOT_FORMAT.into());
         meta.insert(
@@ -607,9 +576,7 @@ impl<W: Weight> ActingNet<W> {
             serde_json::from_str(cfg_json).map_err(|e| err(format!("network_config: {e}")))?;
         let mut normalizer =
             ObsNormalizer::new(config.obs_dim, config.normalize_obs, config.obs_clip);
-        normalizer.mean = checkpoint::read_f64(path, &st, "normalizer.mean", config.obs_dim)?;
-        normalizer.var = checkpoint::read_f64(path, &st, "normalizer.var", config.obs_dim)?;
-        normalizer.count = checkpoint::read_f64(path, &st, "normalizer.count", 1)?[0];
+        checkpoint::read_normalizer(path, &st, &mut normalizer)?;
         let mut used = 3;
         let mut get = |name: &str, shape: &[usize]| -> Result<Vec<W>> {
             let t = st

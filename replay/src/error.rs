@@ -51,6 +51,20 @@ pub enum ReplayError {
         /// Version this build expects.
         expected: i64,
     },
+    /// There is no file at the path a read-only open was given (a read-only open never
+    /// creates one).
+    #[error("{path}: no such file")]
+    NoSuchFile {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// SQLite found the file's pages inconsistent: the file was damaged (a partial copy, a
+    /// disk error, an edit by hand). Nothing read from it can be trusted.
+    #[error(
+        "the database file is damaged ({0}); check it with `sqlite3 FILE 'PRAGMA integrity_check'` \
+         and salvage what is left with `sqlite3 FILE .recover`"
+    )]
+    Damaged(String),
     /// An observation or action does not have the shape its run declared.
     #[error("shape mismatch: {0}")]
     Shape(String),
@@ -129,6 +143,7 @@ impl From<rusqlite::Error> for ReplayError {
                     return ReplayError::Busy(text);
                 }
                 ErrorCode::ReadOnly => return ReplayError::ReadOnly(text),
+                ErrorCode::DatabaseCorrupt => return ReplayError::Damaged(text),
                 _ => {}
             }
         }

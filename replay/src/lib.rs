@@ -7,6 +7,8 @@
 //!   transitions, the model registry, reflections and metadata. The schema is in `SCHEMA.md`.
 //! - [`WriterHandle`] / [`Writer`] / [`EpisodeWriter`]: actors buffer whole episodes and send
 //!   them through a bounded channel to one writer thread, which commits them in batches.
+//! - [`Inspector`]: read-only queries for looking back at a file of any schema version
+//!   (summaries, filtered episodes, streamed exports), as `autodidact replay` shows them.
 //! - [`Sampler`]: uniform and prioritized sampling with n-step returns from an in-memory
 //!   mirror of the replay window, kept in step with what has been committed.
 //!
@@ -14,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod inspect;
 mod mirror;
 mod schema;
 mod store;
@@ -22,6 +25,10 @@ mod types;
 mod writer;
 
 pub use error::{ReplayError, Result};
+pub use inspect::{
+    EpisodeFilter, EpisodeInfo, EpisodeOrder, FileBytes, Inspector, Overview, RunOverview,
+    TransitionFilter, TransitionView, View,
+};
 pub use mirror::{MirrorOptions, NStep, SampleBatch, Sampler};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::{

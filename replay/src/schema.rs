@@ -106,6 +106,10 @@ CREATE INDEX episodes_model ON episodes(model_version);
 
 const MIGRATIONS: [&str; 2] = [V1, V2];
 
+/// Version 1 DDL, for tests that hand-write an old file.
+#[cfg(test)]
+pub(crate) const V1_FOR_TESTS: &str = V1;
+
 /// First bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 

@@ -814,7 +814,7 @@ impl RebuildBuf {
     }
 }
 
-fn corrupt(table: &'static str, id: i64, reason: &str) -> ReplayError {
+pub(crate) fn corrupt(table: &'static str, id: i64, reason: &str) -> ReplayError {
     ReplayError::Corrupt {
         table,
         id,
@@ -848,10 +848,46 @@ fn decode_obs(
         .ok_or_else(|| corrupt(table, id, "blob length"))
 }
 
-const MODEL_SELECT: &str =
+/// Reads and decodes one `runs` row (shared by snapshots and the inspector).
+pub(crate) fn read_run(conn: &Connection, id: i64) -> Result<Run> {
+    let row = conn
+        .query_row(
+            "SELECT env_id, obs_dims, obs_dtype, action_space, config, code_version, \
+                 started_at FROM runs WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, f64>(6)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or(ReplayError::NotFound { what: "run", id })?;
+    let (env_id, dims, dtype, space, config, code_version, started_at) = row;
+    Ok(Run {
+        id,
+        spec: RunSpec {
+            env_id,
+            obs_dims: serde_json::from_str(&dims)?,
+            obs_dtype: Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?,
+            action_space: serde_json::from_str(&space)?,
+            config: serde_json::from_str(&config)?,
+            code_version,
+        },
+        started_at,
+    })
+}
+
+pub(crate) const MODEL_SELECT: &str =
     "SELECT version, parent, created_at, checkpoint_path, checksum, metrics, status FROM models";
 
-fn model_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Model>> {
+pub(crate) fn model_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Model>> {
     let version: i64 = row.get(0)?;
     let metrics: String = row.get(5)?;
     let status: String = row.get(6)?;
@@ -941,39 +977,7 @@ impl Snapshot<'_> {
 
     /// A run by id.
     pub fn run(&self, id: i64) -> Result<Run> {
-        let row = self
-            .tx
-            .query_row(
-                "SELECT env_id, obs_dims, obs_dtype, action_space, config, code_version, \
-                 started_at FROM runs WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, f64>(6)?,
-                    ))
-                },
-            )
-            .optional()?
-            .ok_or(ReplayError::NotFound { what: "run", id })?;
-        let (env_id, dims, dtype, space, config, code_version, started_at) = row;
-        Ok(Run {
-            id,
-            spec: RunSpec {
-                env_id,
-                obs_dims: serde_json::from_str(&dims)?,
-                obs_dtype: Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?,
-                action_space: serde_json::from_str(&space)?,
-                config: serde_json::from_str(&config)?,
-                code_version,
-            },
-            started_at,
-        })
+        read_run(&self.tx, id)
     }
 
     /// All runs, oldest first.

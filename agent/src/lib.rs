@@ -1,10 +1,27 @@
 //! The autodidact agent library: the glue where the training core, the environments and the
-//! replay store meet, and the commands the binary exposes.
+//! replay store meet, in the seams of DeepMind's Acme:
 //!
-//! Today it holds [`rollout`], which runs episodes of any registered environment with a random
-//! policy or a network acting through a core snapshot. The actor, adder and learner seams
-//! arrive with the agent issue.
+//! - [`actor::Actor`] chooses actions from the acting weights and reports experience;
+//! - [`adder::Adder`] turns that experience into replay writes;
+//! - [`learner::Learner`] samples replay, takes gradient steps and produces acting weights;
+//! - [`variable::VariableSource`] hands weights from the learner to actors atomically;
+//! - [`rate::RateLimiter`] holds actors and learner to the configured replay ratio;
+//! - [`train`] runs them together in a resumable run directory; [`dqn`] is the first learner.
+//!
+//! [`rollout`] runs episodes with a simple policy (a plumbing check for new environments).
 
 #![warn(missing_docs)]
 
+pub mod actor;
+pub mod adder;
+pub mod config;
+pub mod dqn;
+pub mod error;
+pub mod eval;
+pub mod learner;
+pub mod rate;
 pub mod rollout;
+pub mod train;
+pub mod variable;
+
+pub use error::{AgentError, Result};

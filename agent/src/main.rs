@@ -1,11 +1,20 @@
 //! `autodidact`: the command-line entry point. Kept thin: parsing, progress and error
 //! reporting; the work lives in the library crates.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use autodidact::config::TrainConfig;
 use autodidact::rollout::{Policy, rollout};
+use autodidact::train::{Hooks, RunSetup, TrainReport};
 use clap::{Parser, Subcommand};
+
+/// `autodidact replay …`: read-only views of a replay file. Part of the binary, not the
+/// library, because it is presentation (tables, plots, files) reporting through `anyhow`.
+mod analysis;
 
 /// autodidact — a runtime for agents that teach themselves: a Mixture-of-Experts network that
 /// acts in an environment, records its experience in SQLite, and fine-tunes itself on the CPU.
@@ -18,6 +27,33 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Look back at a replay file without writing code: summary, episodes, learning curve,
+    /// expert usage, reflections, export (read-only; safe while a run is writing).
+    Replay(analysis::ReplayArgs),
+    /// Train an agent: a Mixture-of-Experts Q-network acts in the environment, every step is
+    /// stored in `<run-dir>/replay.sqlite`, and a learner fine-tunes the network in the
+    /// background (Double DQN, dueling head, n-step returns, prioritized replay). Ctrl-C stops
+    /// cleanly; `--resume <run-dir>` continues.
+    Train(TrainArgs),
+    /// Evaluate a trained model greedily (no exploration) and report mean ± std return.
+    Eval {
+        /// A checkpoint file (`…/checkpoints/step-N.safetensors`) or a run directory (meaning
+        /// the model that run currently acts with).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Environment ID (default: the run's environment when --checkpoint is a run dir).
+        #[arg(long)]
+        env: Option<String>,
+        /// Number of episodes.
+        #[arg(long, default_value_t = 20)]
+        episodes: usize,
+        /// Seed of the first episode (episode j uses seed + j).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object (`mean`, `std`, `episodes`, `returns`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the environment IDs this build knows (plus the `gym:`, `exec:` and `tcp:` prefixes).
     Envs,
     /// Run episodes of an environment with a simple policy and report the returns: the quickest
@@ -42,8 +78,265 @@ enum Command {
     },
 }
 
+/// Options of `autodidact train`.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Environment ID: `cartpole`, `gym:CartPole-v1`, `exec:python3 my_env.py`,
+    /// `tcp:127.0.0.1:7000`, … (see `autodidact envs`). Needs a discrete action space.
+    #[arg(long, required_unless_present_any = ["resume", "print_config"])]
+    env: Option<String>,
+    /// Total environment steps of the run (default: `run.steps` of the config, 50000).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Seed of the network, exploration, sampling and environment resets.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A TOML config file; keys it leaves out keep their defaults (see --print-config).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one config key, e.g. `--set dqn.lr=3e-4 --set run.mode=lockstep`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Where the run's files go (default: a new `runs/<env>-<n>`).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in DIR from its latest checkpoint and replay file (with --steps: up
+    /// to that new total).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["env", "config", "run_dir", "seed"])]
+    resume: Option<PathBuf>,
+    /// Print the fully resolved config as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print the final report as one JSON object instead of a paragraph.
+    #[arg(long)]
+    json: bool,
+}
+
+fn train_command(args: TrainArgs) -> anyhow::Result<()> {
+    let setup = match &args.resume {
+        Some(dir) => RunSetup::resume(dir, args.steps, &args.set)
+            .with_context(|| format!("cannot resume the run in {}", dir.display()))?,
+        None => {
+            let mut config = TrainConfig::load(args.config.as_deref(), &args.set)?;
+            if let Some(s) = args.steps {
+                config.run.steps = s;
+            }
+            if let Some(s) = args.seed {
+                config.run.seed = s;
+            }
+            if args.print_config {
+                print!("{}", config.to_toml()?);
+                return Ok(());
+            }
+            let env = args.env.clone().unwrap_or_default();
+            let dir = args
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| RunSetup::default_run_dir(&env));
+            RunSetup::fresh(&env, config, &dir)?
+        }
+    };
+    if args.print_config {
+        print!("{}", setup.config.to_toml()?);
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without a final checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: finishing the step, checkpointing (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(setup.config.run.steps)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} {bar:24} {pos}/{len} steps {per_sec:>10} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let env_id = setup.env_id.clone();
+    let run_dir = setup.run_dir.clone();
+    eprintln!(
+        "training on `{env_id}` in {} ({} steps, {:?} mode)",
+        run_dir.display(),
+        setup.config.run.steps,
+        setup.config.run.mode
+    );
+    let mut on_progress = |p: &autodidact::train::Progress| {
+        bar.set_position(p.steps);
+        let ret = p
+            .recent_return
+            .map_or("–".to_string(), |r| format!("{r:.1}"));
+        let experts = if p.learner.expert_usage.is_empty() {
+            String::new()
+        } else {
+            let shares: Vec<String> = p
+                .learner
+                .expert_usage
+                .iter()
+                .map(|u| format!("{:.0}", u * 100.0))
+                .collect();
+            format!(" experts {}%", shares.join("/"))
+        };
+        bar.set_message(format!(
+            "return {ret} loss {:.3} ε {:.2}{experts} v{}",
+            p.learner.loss, p.epsilon, p.model_version
+        ));
+    };
+    let mut on_eval = |e: &autodidact::train::EvalPoint| {
+        let line = format!("eval at {} steps: {:.1} ± {:.1}", e.steps, e.mean, e.std);
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let report = autodidact::train::train(
+        setup,
+        Hooks {
+            stop,
+            on_progress: &mut on_progress,
+            on_eval: &mut on_eval,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "training on `{env_id}` failed (run directory {})",
+            run_dir.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", summary_paragraph(&report));
+    }
+    Ok(())
+}
+
+/// The one-paragraph account of a run printed at its end.
+fn summary_paragraph(r: &TrainReport) -> String {
+    let mut s = format!(
+        "{} `{}` for {} steps this session ({} in total, {} episodes) in {:.1} s of training \
+         ({:.0} steps/s), with {} gradient updates (replay ratio {:.3}, configured {:.3}).",
+        if r.interrupted {
+            "Stopped training on"
+        } else {
+            "Trained on"
+        },
+        r.env_id,
+        r.steps_this_session,
+        r.steps,
+        r.episodes,
+        r.train_secs,
+        r.steps_per_s,
+        r.updates,
+        r.replay_ratio,
+        r.replay_ratio_target,
+    );
+    if let Some(ret) = r.recent_return {
+        s += &format!(
+            " The last training episodes returned {ret:.1} on average (with exploration)."
+        );
+    }
+    if let Some(e) = &r.final_eval {
+        s += &format!(
+            " Greedy evaluation over {} episodes: {:.1} ± {:.1}.",
+            e.episodes, e.mean, e.std
+        );
+    }
+    if !r.learner.expert_usage.is_empty() {
+        let shares: Vec<String> = r
+            .learner
+            .expert_usage
+            .iter()
+            .map(|u| format!("{:.0}%", u * 100.0))
+            .collect();
+        s += &format!(
+            " The first MoE layer routes {} of its tokens to its experts.",
+            shares.join(" / ")
+        );
+    }
+    s += &format!(
+        " Model v{} is saved in {}; the replay is {}. Continue with `autodidact train --resume {} \
+         --steps N`, or evaluate with `autodidact eval --checkpoint {}`.",
+        r.model_version,
+        r.checkpoint.display(),
+        r.run_dir.join(autodidact::train::REPLAY_FILE).display(),
+        r.run_dir.display(),
+        r.run_dir.display(),
+    );
+    s
+}
+
+fn eval_command(
+    checkpoint: PathBuf,
+    env: Option<String>,
+    episodes: usize,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
+    let (file, env, version) = if checkpoint.is_dir() {
+        let (file, version) = autodidact::train::acting_checkpoint(&checkpoint)?;
+        let env = match env {
+            Some(e) => e,
+            None => autodidact::train::RunState::read(&checkpoint)?.env_id,
+        };
+        (file, env, Some(version))
+    } else {
+        let env = env.context("--env is needed when --checkpoint is a file")?;
+        (checkpoint.clone(), env, None)
+    };
+    let loaded = autodidact_core::load_checkpoint(&file)
+        .with_context(|| format!("cannot load the model from {}", file.display()))?;
+    let snapshot =
+        autodidact_core::Snapshot::from_network(&loaded.network, autodidact_core::Precision::F32)?;
+    let mut e = autodidact_envs::make(&env)
+        .with_context(|| format!("cannot start environment `{env}` (see `autodidact envs`)"))?;
+    let report = autodidact::eval::evaluate(e.as_mut(), &snapshot, episodes, seed)
+        .with_context(|| format!("evaluation in `{env}` failed"))?;
+    let _ = e.close();
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let which = version.map_or(String::new(), |v| format!(" (model v{v})"));
+        println!(
+            "{}{which} on `{env}`: {:.2} ± {:.2} over {} episodes (min {:.1}, max {:.1})",
+            file.display(),
+            report.mean,
+            report.std,
+            report.episodes,
+            report.returns.iter().copied().fold(f64::INFINITY, f64::min),
+            report
+                .returns
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Replay(args) => analysis::run(args)?,
+        Command::Train(args) => train_command(args)?,
+        Command::Eval {
+            checkpoint,
+            env,
+            episodes,
+            seed,
+            json,
+        } => eval_command(checkpoint, env, episodes, seed, json)?,
         Command::Envs => {
             for id in autodidact_envs::known_ids() {
                 let note = match id.split(':').next() {

@@ -2,7 +2,7 @@
 //! user plugs in works end to end with the runtime.
 
 use autodidact_core::precision::Precision;
-use autodidact_core::{BlockConfig, HeadConfig, Network, NetworkConfig, Snapshot, Tensor};
+use autodidact_core::{Network, Snapshot, Tensor};
 use autodidact_envs::{Action, Env, Space};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -54,25 +54,11 @@ pub enum RolloutError {
     Unsupported(String),
 }
 
-/// A small MoE Q-network for `obs_dim` inputs and `n_actions` actions.
+/// The network `autodidact train` would start from (the documented default config), for
+/// `obs_dim` inputs and `n_actions` actions.
 fn default_q_network(obs_dim: usize, n_actions: usize, seed: u64) -> Result<Network, RolloutError> {
-    let cfg = NetworkConfig {
-        obs_dim,
-        d_model: 64,
-        blocks: vec![BlockConfig::Moe {
-            d_hidden: 128,
-            n_experts: 4,
-            top_k: 2,
-            capacity_factor: None,
-            router_noise_std: 0.0,
-            normalize_gates: true,
-            aux_loss_coef: 0.01,
-            z_loss_coef: 1e-3,
-        }],
-        head: HeadConfig::DuelingQ { n_actions },
-        normalize_obs: false,
-        obs_clip: 5.0,
-    };
+    let cfg =
+        crate::train::network_config(&crate::config::TrainConfig::default(), obs_dim, n_actions);
     Ok(Network::new(cfg, seed)?)
 }
 
@@ -116,13 +102,7 @@ pub fn rollout(
                     obs_t.resize(&[1, obs_dim]);
                     obs_t.data_mut().copy_from_slice(&obs);
                     s.forward(&obs_t, &mut q, &mut scratch)?;
-                    let best = q
-                        .data()
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map_or(0, |(i, _)| i);
-                    Action::Discrete(best as i64)
+                    Action::Discrete(crate::actor::argmax(q.data()) as i64)
                 }
             };
             let step = env.step(&action)?;

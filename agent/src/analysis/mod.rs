@@ -19,9 +19,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use autodidact_replay::{EpisodeOrder, Inspector, ReplayError};
 
-pub use experts::{ExpertStats, RegionUsage, expert_stats};
-pub use plot::sparkline;
-
 /// Arguments of `autodidact replay`.
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {

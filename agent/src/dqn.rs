@@ -1,0 +1,583 @@
+//! Double DQN with a dueling head on the MoE network, n-step returns and prioritized replay.
+//!
+//! One update, top to bottom, as in [`DqnLearner::update`]:
+//! 1. draw a batch from replay, ∝ priority^α (Schaul et al. 2016, "Prioritized Experience
+//!    Replay"), with importance weights annealed from β₀ to 1;
+//! 2. n-step targets `y = Σ_{k<n} γ^k r_{t+k} + γ^n Q_target(s_{t+n}, argmax_a Q(s_{t+n}, a))`
+//!    (Sutton 1988; the double estimator of van Hasselt et al. 2016, "Deep Reinforcement
+//!    Learning with Double Q-learning"); no bootstrap after a terminal state, bootstrap after
+//!    a truncation;
+//! 3. the importance-weighted Huber loss on `Q(s_t, a_t) − y` (Mnih et al. 2015), plus the MoE
+//!    load-balancing and router z-losses (Fedus et al. 2021, Switch Transformers; Zoph et al.
+//!    2022, ST-MoE), one AdamW step (Loshchilov & Hutter 2019) with global-norm clipping;
+//! 4. new priorities `|δ| + ε`;
+//! 5. the target network follows by Polyak averaging `θ' ← τθ + (1 − τ)θ'` (or a hard copy
+//!    every `target_update_interval` updates when `tau = 1`).
+//!
+//! The network's head is dueling (Wang et al. 2016, "Dueling Network Architectures"); the
+//! combination of these pieces follows Rainbow (Hessel et al. 2018).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use autodidact_core::loss::huber;
+use autodidact_core::optim::{copy_params, polyak_update};
+use autodidact_core::precision::Precision;
+use autodidact_core::{
+    AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer, Snapshot,
+    StepOutcome, Tensor,
+};
+use autodidact_replay::{NStep, ReplayError, SampleBatch, Sampler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::actor::argmax;
+use crate::error::{AgentError, Result};
+use crate::learner::{Learner, LearnerMetrics, UpdateReport};
+
+/// Hyper-parameters of [`DqnLearner`] and of the ε-greedy actor that goes with it, named as
+/// in the papers (and as Stable-Baselines3 names the ones it shares).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DqnConfig {
+    /// Discount γ.
+    pub gamma: f32,
+    /// Rewards summed per target (n of n-step returns).
+    pub n_step: usize,
+    /// Transitions per gradient update.
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub lr: f32,
+    /// The learning rate decays linearly to `lr · lr_final_ratio` over the run's planned
+    /// updates: late, small steps keep a solved task solved.
+    pub lr_final_ratio: f32,
+    /// AdamW ε.
+    pub adam_eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f32,
+    /// Huber loss threshold δ.
+    pub huber_delta: f32,
+    /// Environment steps collected (with ε = `exploration_initial_eps`) before learning.
+    pub learning_starts: u64,
+    /// Gradient updates per environment step after `learning_starts` (the replay ratio).
+    pub replay_ratio: f64,
+    /// Polyak factor τ of the target network per update; 1 = hard copy every
+    /// `target_update_interval` updates.
+    pub tau: f32,
+    /// Updates between hard target copies (only when `tau = 1`).
+    pub target_update_interval: u64,
+    /// Use the double estimator (van Hasselt et al. 2016) for the bootstrap action.
+    pub double_q: bool,
+    /// Sample ∝ priority^α instead of uniformly.
+    pub prioritized: bool,
+    /// Priority exponent α.
+    pub per_alpha: f64,
+    /// Initial importance-sampling exponent β₀, annealed linearly to 1 over the run.
+    pub per_beta0: f64,
+    /// Added to |δ| so that no transition's priority reaches zero.
+    pub per_eps: f32,
+    /// ε at the start.
+    pub exploration_initial_eps: f32,
+    /// ε after the decay.
+    pub exploration_final_eps: f32,
+    /// Fraction of the run's steps over which ε decays linearly.
+    pub exploration_fraction: f64,
+    /// Publish acting weights every this many updates.
+    pub publish_every: u64,
+}
+
+impl Default for DqnConfig {
+    fn default() -> Self {
+        DqnConfig {
+            gamma: 0.99,
+            n_step: 3,
+            batch_size: 64,
+            lr: 1e-3,
+            lr_final_ratio: 0.1,
+            adam_eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 10.0,
+            huber_delta: 1.0,
+            learning_starts: 1_000,
+            replay_ratio: 0.25,
+            tau: 0.05,
+            target_update_interval: 1_000,
+            double_q: true,
+            prioritized: true,
+            per_alpha: 0.6,
+            per_beta0: 0.4,
+            per_eps: 1e-3,
+            exploration_initial_eps: 1.0,
+            exploration_final_eps: 0.02,
+            exploration_fraction: 0.1,
+            publish_every: 25,
+        }
+    }
+}
+
+impl DqnConfig {
+    /// Checks ranges, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(&str, bool, &str); 13] = [
+            ("dqn.gamma", (0.0..=1.0).contains(&self.gamma), "in [0, 1]"),
+            ("dqn.n_step", self.n_step >= 1, "at least 1"),
+            ("dqn.batch_size", self.batch_size >= 1, "at least 1"),
+            ("dqn.lr", self.lr.is_finite() && self.lr > 0.0, "positive"),
+            (
+                "dqn.lr_final_ratio",
+                (0.0..=1.0).contains(&self.lr_final_ratio),
+                "in [0, 1]",
+            ),
+            (
+                "dqn.replay_ratio",
+                self.replay_ratio.is_finite() && self.replay_ratio > 0.0,
+                "positive",
+            ),
+            ("dqn.tau", self.tau > 0.0 && self.tau <= 1.0, "in (0, 1]"),
+            (
+                "dqn.target_update_interval",
+                self.target_update_interval >= 1,
+                "at least 1",
+            ),
+            (
+                "dqn.per_alpha",
+                self.per_alpha.is_finite() && self.per_alpha >= 0.0,
+                "≥ 0",
+            ),
+            (
+                "dqn.per_beta0",
+                (0.0..=1.0).contains(&self.per_beta0),
+                "in [0, 1]",
+            ),
+            (
+                "dqn.exploration_*_eps",
+                (0.0..=1.0).contains(&self.exploration_initial_eps)
+                    && (0.0..=1.0).contains(&self.exploration_final_eps),
+                "in [0, 1]",
+            ),
+            (
+                "dqn.exploration_fraction",
+                (0.0..=1.0).contains(&self.exploration_fraction),
+                "in [0, 1]",
+            ),
+            ("dqn.publish_every", self.publish_every >= 1, "at least 1"),
+        ];
+        for (key, ok, want) in checks {
+            if !ok {
+                return Err(AgentError::Config(format!("{key} must be {want}")));
+            }
+        }
+        if !(self.per_eps > 0.0 && self.huber_delta > 0.0 && self.max_grad_norm > 0.0) {
+            return Err(AgentError::Config(
+                "dqn.per_eps, dqn.huber_delta and dqn.max_grad_norm must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// ε after `steps` of a `total`-step run: linear from the initial to the final value over
+    /// `exploration_fraction · total` steps.
+    pub fn epsilon(&self, steps: u64, total: u64) -> f32 {
+        let span = self.exploration_fraction * total as f64;
+        let progress = if span <= 0.0 {
+            1.0
+        } else {
+            (steps as f64 / span).min(1.0)
+        };
+        self.exploration_initial_eps
+            + (self.exploration_final_eps - self.exploration_initial_eps) * progress as f32
+    }
+
+    /// Gradient updates a run of `total_steps` environment steps plans for.
+    pub fn planned_updates(&self, total_steps: u64) -> u64 {
+        ((total_steps.saturating_sub(self.learning_starts)) as f64 * self.replay_ratio) as u64
+    }
+
+    fn adamw(&self, planned_updates: u64) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+            max_grad_norm: Some(self.max_grad_norm),
+            schedule: self.schedule(planned_updates),
+            ..AdamWConfig::new(self.lr)
+        }
+    }
+
+    fn schedule(&self, planned_updates: u64) -> LrSchedule {
+        LrSchedule::WarmupLinear {
+            warmup_steps: 0,
+            total_steps: planned_updates.max(1),
+            final_ratio: self.lr_final_ratio,
+        }
+    }
+}
+
+/// The Double DQN learner. See the module documentation for the algorithm.
+#[derive(Debug)]
+pub struct DqnLearner {
+    cfg: DqnConfig,
+    online: Network,
+    target: Network,
+    opt: AdamW,
+    sampler: Sampler,
+    rng: ChaCha8Rng,
+    precision: Precision,
+    planned_updates: u64,
+    updates: u64,
+    metrics: LearnerMetrics,
+    batch: SampleBatch,
+    obs: Tensor,
+    next: Tensor,
+    q: Tensor,
+    y: Tensor,
+    grad: Tensor,
+    best: Vec<usize>,
+    bootstrap: Vec<f32>,
+    prios: Vec<f32>,
+}
+
+/// Seed tag separating the learner's sampling stream from the other seeded streams.
+const RNG_STREAM: u64 = 0x004c_4541_524e_4552; // "LEARNER"
+
+impl DqnLearner {
+    /// A fresh learner over `network` (which must have a dueling or linear Q head).
+    pub fn new(
+        cfg: DqnConfig,
+        network: NetworkConfig,
+        sampler: Sampler,
+        seed: u64,
+        planned_updates: u64,
+        precision: Precision,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        check_q_head(&network)?;
+        let online = Network::new(network, seed)?;
+        let target = online.clone();
+        let opt = AdamW::new(cfg.adamw(planned_updates))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(RNG_STREAM);
+        Ok(Self::assemble(
+            cfg,
+            online,
+            target,
+            opt,
+            sampler,
+            rng,
+            precision,
+            planned_updates,
+            0,
+        ))
+    }
+
+    /// A learner restored from the files [`Learner::save`] wrote under `stem`. The learning-rate
+    /// schedule is re-planned for `planned_updates` (a resumed run may have a new budget).
+    pub fn load(
+        cfg: DqnConfig,
+        stem: &Path,
+        sampler: Sampler,
+        seed: u64,
+        planned_updates: u64,
+        precision: Precision,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let main = autodidact_core::load_checkpoint(&with_suffix(stem, ".safetensors"))?;
+        let online = main.network;
+        check_q_head(online.config())?;
+        let target =
+            autodidact_core::load_checkpoint(&with_suffix(stem, ".target.safetensors"))?.network;
+        if target.config() != online.config() {
+            return Err(AgentError::RunDir {
+                path: with_suffix(stem, ".target.safetensors"),
+                reason: "the target network's shape differs from the online network's".into(),
+            });
+        }
+        let mut opt = match main.optimizer {
+            Some(o) => o,
+            None => AdamW::new(cfg.adamw(planned_updates))?,
+        };
+        opt.config.schedule = cfg.schedule(planned_updates);
+        let field = |k: &str| -> Result<u128> {
+            main.extra
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| AgentError::RunDir {
+                    path: with_suffix(stem, ".safetensors"),
+                    reason: format!("checkpoint metadata lacks `{k}`"),
+                })
+        };
+        let updates = field("dqn_updates")? as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(RNG_STREAM);
+        rng.set_word_pos(field("dqn_rng_word_pos")?);
+        Ok(Self::assemble(
+            cfg,
+            online,
+            target,
+            opt,
+            sampler,
+            rng,
+            precision,
+            planned_updates,
+            updates,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: DqnConfig,
+        online: Network,
+        target: Network,
+        opt: AdamW,
+        sampler: Sampler,
+        rng: ChaCha8Rng,
+        precision: Precision,
+        planned_updates: u64,
+        updates: u64,
+    ) -> Self {
+        let batch = SampleBatch::with_capacity(cfg.batch_size);
+        DqnLearner {
+            metrics: LearnerMetrics {
+                updates,
+                lr: opt.config.lr_at(opt.steps() + 1),
+                ..LearnerMetrics::default()
+            },
+            cfg,
+            online,
+            target,
+            opt,
+            sampler,
+            rng,
+            precision,
+            planned_updates,
+            updates,
+            batch,
+            obs: Tensor::default(),
+            next: Tensor::default(),
+            q: Tensor::default(),
+            y: Tensor::default(),
+            grad: Tensor::default(),
+            best: Vec::new(),
+            bootstrap: Vec::new(),
+            prios: Vec::new(),
+        }
+    }
+
+    /// The online network.
+    pub fn network(&self) -> &Network {
+        &self.online
+    }
+
+    fn record(&mut self, loss: f32, outcome: StepOutcome) {
+        const EMA: f32 = 0.02;
+        let m = &mut self.metrics;
+        m.updates = self.updates;
+        m.skipped = self.opt.skipped();
+        let first = m.updates <= 1;
+        let ema = |old: f32, new: f32| if first { new } else { old + EMA * (new - old) };
+        if loss.is_finite() {
+            m.loss = ema(m.loss, loss);
+        }
+        if let StepOutcome::Applied { grad_norm, lr } = outcome {
+            m.grad_norm = ema(m.grad_norm, grad_norm);
+            m.lr = lr;
+        }
+        if let Some(stats) = self.online.moe_layers().next().map(|l| l.stats()) {
+            let routed: usize = stats.routed.iter().sum();
+            if routed > 0 {
+                if m.expert_usage.len() != stats.routed.len() {
+                    m.expert_usage = vec![1.0 / stats.routed.len() as f64; stats.routed.len()];
+                }
+                for (u, &r) in m.expert_usage.iter_mut().zip(&stats.routed) {
+                    *u += EMA as f64 * (r as f64 / routed as f64 - *u);
+                }
+            }
+            m.router_entropy = ema(m.router_entropy, stats.router_entropy);
+        }
+    }
+}
+
+fn check_q_head(cfg: &NetworkConfig) -> Result<()> {
+    match cfg.head {
+        HeadConfig::DuelingQ { .. } | HeadConfig::Linear { .. } => Ok(()),
+        HeadConfig::PolicyValue { .. } => Err(AgentError::Config(
+            "the DQN learner needs a Q head (dueling_q or linear), not policy_value".into(),
+        )),
+    }
+}
+
+/// `stem` + `suffix` as a path (`checkpoints/step-1000` + `.safetensors`).
+pub(crate) fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
+    let mut s = stem.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl Learner for DqnLearner {
+    fn ready(&self) -> bool {
+        self.sampler.len() >= self.cfg.batch_size
+    }
+
+    fn update(&mut self) -> Result<UpdateReport> {
+        let c = &self.cfg;
+        let (rows, n_actions) = (c.batch_size, self.online.config().head.out_dim());
+        let progress = (self.updates as f64 / self.planned_updates.max(1) as f64).min(1.0);
+
+        // 1. A batch ∝ priority^α with importance weights, β annealed from β₀ to 1.
+        let nstep = NStep {
+            n: c.n_step,
+            gamma: c.gamma,
+        };
+        let sampled = if c.prioritized {
+            let beta = c.per_beta0 + (1.0 - c.per_beta0) * progress;
+            self.sampler
+                .sample_prioritized(&mut self.rng, rows, nstep, beta, &mut self.batch)
+        } else {
+            self.sampler
+                .sample_uniform(&mut self.rng, rows, nstep, &mut self.batch)
+        };
+        match sampled {
+            Ok(()) => {}
+            Err(ReplayError::Empty) => {
+                return Err(AgentError::Config(
+                    "replay is empty: call `ready()` before `update()`".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let b = &self.batch;
+        let obs_len = b.obs_len;
+        self.obs.resize(&[rows, obs_len]);
+        self.obs
+            .data_mut()
+            .copy_from_slice(&b.obs[..rows * obs_len]);
+        self.next.resize(&[rows, obs_len]);
+        self.next
+            .data_mut()
+            .copy_from_slice(&b.next_obs[..rows * obs_len]);
+
+        // 2. n-step double-Q targets: the online network picks, the target network values.
+        self.best.clear();
+        if c.double_q {
+            let q_next = self.online.forward(&self.next, false)?;
+            self.best.extend((0..rows).map(|i| argmax(q_next.row(i))));
+        }
+        let q_next_target = self.target.forward(&self.next, false)?;
+        if !c.double_q {
+            self.best
+                .extend((0..rows).map(|i| argmax(q_next_target.row(i))));
+        }
+        self.bootstrap.clear();
+        self.bootstrap.extend(
+            (0..rows).map(|i| b.rewards[i] + b.discounts[i] * q_next_target.row(i)[self.best[i]]),
+        );
+
+        // 3. Importance-weighted Huber loss on the taken actions, plus the MoE aux losses.
+        let q = self.online.forward(&self.obs, true)?;
+        self.q.resize(&[rows, n_actions]);
+        self.q.data_mut().copy_from_slice(q.data());
+        self.y.resize(&[rows, n_actions]);
+        self.y.data_mut().copy_from_slice(self.q.data());
+        self.prios.clear();
+        for i in 0..rows {
+            let a = usize::try_from(b.actions[i])
+                .ok()
+                .filter(|&a| a < n_actions)
+                .ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "replay holds action {} but the network has {n_actions} actions",
+                        b.actions[i]
+                    ))
+                })?;
+            let delta = self.bootstrap[i] - self.q.row(i)[a];
+            self.y.row_mut(i)[a] = self.bootstrap[i];
+            self.prios.push(delta.abs() + c.per_eps);
+        }
+        // `huber` averages over every Q-value; only the taken action's differs from its
+        // target, so scale back to a per-transition mean.
+        let loss = huber(
+            &self.q,
+            &self.y,
+            c.huber_delta,
+            Some(&b.weights[..rows]),
+            &mut self.grad,
+        )? * n_actions as f32;
+        for g in self.grad.data_mut() {
+            *g *= n_actions as f32;
+        }
+        self.online.backward(&self.grad)?;
+        let aux = self.online.aux_loss();
+        let outcome = self.opt.step(&mut self.online, loss + aux);
+
+        // 4. New priorities |δ| + ε (skipped updates leave them as they were).
+        let applied = matches!(outcome, StepOutcome::Applied { .. });
+        if c.prioritized && applied && self.prios.iter().all(|p| p.is_finite()) {
+            self.sampler
+                .update_priorities(&self.batch.ids[..rows], &self.prios)?;
+        }
+
+        // 5. The target network follows.
+        self.updates += 1;
+        if c.tau < 1.0 {
+            polyak_update(&mut self.target, &self.online, c.tau)?;
+        } else if self.updates % c.target_update_interval == 0 {
+            copy_params(&mut self.target, &self.online)?;
+        }
+        self.record(loss, outcome);
+        Ok(UpdateReport {
+            loss,
+            aux_loss: aux,
+            applied,
+        })
+    }
+
+    fn acting_snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot::from_network(&self.online, self.precision)?)
+    }
+
+    fn set_obs_stats(&mut self, stats: &ObsNormalizer) {
+        for net in [&mut self.online, &mut self.target] {
+            if net.normalizer.enabled && net.normalizer.mean.len() == stats.mean.len() {
+                net.normalizer.count = stats.count;
+                net.normalizer.mean.clone_from(&stats.mean);
+                net.normalizer.var.clone_from(&stats.var);
+            }
+        }
+    }
+
+    fn obs_stats(&self) -> Option<ObsNormalizer> {
+        self.online
+            .normalizer
+            .enabled
+            .then(|| self.online.normalizer.clone())
+    }
+
+    fn save(&self, stem: &Path) -> Result<PathBuf> {
+        let main = with_suffix(stem, ".safetensors");
+        let extra = BTreeMap::from([
+            ("learner".to_string(), "dqn".to_string()),
+            ("dqn_updates".to_string(), self.updates.to_string()),
+            (
+                "dqn_rng_word_pos".to_string(),
+                self.rng.get_word_pos().to_string(),
+            ),
+        ]);
+        // The target first: a crash between the two leaves the previous main file as the
+        // newest complete checkpoint.
+        autodidact_core::save_checkpoint(
+            &with_suffix(stem, ".target.safetensors"),
+            &self.target,
+            None,
+            &BTreeMap::new(),
+        )?;
+        autodidact_core::save_checkpoint(&main, &self.online, Some(&self.opt), &extra)?;
+        Ok(main)
+    }
+
+    fn metrics(&self) -> LearnerMetrics {
+        self.metrics.clone()
+    }
+}

@@ -1,0 +1,101 @@
+//! Greedy evaluation: episodes without exploration, on the acting weights.
+
+use autodidact_core::{Snapshot, Tensor};
+use autodidact_envs::{Action, Env, Space};
+use serde::Serialize;
+
+use crate::actor::argmax;
+use crate::error::{AgentError, Result};
+
+/// Returns of a greedy evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Mean return.
+    pub mean: f64,
+    /// Population standard deviation of the return.
+    pub std: f64,
+    /// Number of episodes.
+    pub episodes: usize,
+    /// Return of each episode.
+    pub returns: Vec<f64>,
+    /// Length of each episode.
+    pub lengths: Vec<u64>,
+}
+
+impl EvalReport {
+    /// Summarises per-episode returns and lengths.
+    pub fn from_returns(returns: Vec<f64>, lengths: Vec<u64>) -> Self {
+        let n = returns.len().max(1) as f64;
+        let mean = returns.iter().sum::<f64>() / n;
+        let std = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        EvalReport {
+            mean,
+            std,
+            episodes: returns.len(),
+            returns,
+            lengths,
+        }
+    }
+}
+
+/// Runs `episodes` greedy episodes of `env` with `snapshot`, seeding episode `j` with
+/// `seed + j`.
+pub fn evaluate(
+    env: &mut dyn Env,
+    snapshot: &Snapshot,
+    episodes: usize,
+    seed: u64,
+) -> Result<EvalReport> {
+    let Space::Discrete { n } = env.action_space().clone() else {
+        return Err(AgentError::Config(format!(
+            "greedy evaluation needs a discrete action space, the environment has {:?}",
+            env.action_space()
+        )));
+    };
+    if snapshot.config().head.out_dim() != n as usize {
+        return Err(AgentError::Config(format!(
+            "the model has {} outputs but the environment has {n} actions",
+            snapshot.config().head.out_dim()
+        )));
+    }
+    let obs_dim = env.observation_space().flat_dim();
+    if snapshot.config().obs_dim != obs_dim {
+        return Err(AgentError::Config(format!(
+            "the model reads {} observation values but the environment gives {obs_dim}",
+            snapshot.config().obs_dim
+        )));
+    }
+    let mut scratch = snapshot.scratch();
+    let (mut obs_t, mut q) = (Tensor::zeros(&[1, obs_dim]), Tensor::default());
+    let (mut returns, mut lengths) = (Vec::with_capacity(episodes), Vec::new());
+    for j in 0..episodes {
+        let (mut obs, _) = env.reset(Some(seed.wrapping_add(j as u64)))?;
+        let (mut ret, mut len) = (0.0, 0u64);
+        loop {
+            check_obs(&obs, obs_dim)?;
+            obs_t.data_mut().copy_from_slice(&obs);
+            snapshot.forward(&obs_t, &mut q, &mut scratch)?;
+            let step = env.step(&Action::Discrete(argmax(q.data()) as i64))?;
+            ret += step.reward;
+            len += 1;
+            if step.done() {
+                break;
+            }
+            obs = step.obs;
+        }
+        returns.push(ret);
+        lengths.push(len);
+    }
+    Ok(EvalReport::from_returns(returns, lengths))
+}
+
+/// Refuses an observation of the wrong width (a misbehaving peer) before it reaches a tensor.
+pub(crate) fn check_obs(obs: &[f32], dim: usize) -> Result<()> {
+    if obs.len() != dim {
+        return Err(AgentError::Config(format!(
+            "the environment returned an observation of {} values; its space declares {dim}",
+            obs.len()
+        )));
+    }
+    Ok(())
+}

@@ -8,6 +8,9 @@
 //! - [`rate::RateLimiter`] holds actors and learner to the configured replay ratio;
 //! - [`train`] runs them together in a resumable run directory; [`dqn`] is the first learner.
 //!
+//! [`gate`] (the evaluation gate) and [`drift`] (Page-Hinkley change detection) are building
+//! blocks of the daemon, not yet used by a command.
+//!
 //! [`rollout`] runs episodes with a simple policy (a plumbing check for new environments).
 
 #![warn(missing_docs)]
@@ -16,8 +19,10 @@ pub mod actor;
 pub mod adder;
 pub mod config;
 pub mod dqn;
+pub mod drift;
 pub mod error;
 pub mod eval;
+pub mod gate;
 pub mod learner;
 pub mod rate;
 pub mod rollout;

@@ -27,9 +27,6 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Look back at a replay file without writing code: summary, episodes, learning curve,
-    /// expert usage, reflections, export (read-only; safe while a run is writing).
-    Replay(analysis::ReplayArgs),
     /// Train an agent: a Mixture-of-Experts Q-network acts in the environment, every step is
     /// stored in `<run-dir>/replay.sqlite`, and a learner fine-tunes the network in the
     /// background (Double DQN, dueling head, n-step returns, prioritized replay). Ctrl-C stops
@@ -54,6 +51,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Look back at a replay file without writing code: summary, episodes, learning curve,
+    /// expert usage, reflections, export (read-only; safe while a run is writing).
+    Replay(analysis::ReplayArgs),
     /// List the environment IDs this build knows (plus the `gym:`, `exec:` and `tcp:` prefixes).
     Envs,
     /// Run episodes of an environment with a simple policy and report the returns: the quickest

@@ -1,0 +1,249 @@
+//! Detecting a change in the world: the Page-Hinkley test (Page 1954; Hinkley 1971; in the
+//! streaming form of Gama et al. 2013) on episode returns and on observation statistics.
+//!
+//! For a stream `x₁, x₂, …` with running mean `x̄ₜ`, the test keeps the cumulative deviations
+//! `Uₜ = Σ (xᵢ − x̄ᵢ − δ)` (for a rise) and `Lₜ = Σ (xᵢ − x̄ᵢ + δ)` (for a fall) and raises an
+//! alarm when `Uₜ − min U > λ` or `max L − Lₜ > λ`. `δ` (the change too small to care about)
+//! and `λ` (the evidence needed) are given in units of the stream's standard deviation,
+//! measured over a warm-up window after every alarm, so one setting fits returns of 500 and
+//! observations of 0.05 alike. A warm-up without variance (a solved CartPole returns 500
+//! every time) uses 5 % of its mean as the unit, so a fall from a perfect record is still
+//! seen.
+//!
+//! On drift, the daemon raises plasticity (documented there): exploration back up, a higher
+//! learning rate for a while. This module only detects. It is a building block of the daemon
+//! (not yet used by a command).
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of a Page-Hinkley detector.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Magnitude of change to ignore, in standard deviations of the warm-up window.
+    pub delta: f64,
+    /// Evidence needed for an alarm, in standard deviations.
+    pub lambda: f64,
+    /// Samples of the warm-up window (after start and after each alarm).
+    pub warmup: usize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            delta: 0.5,
+            lambda: 25.0,
+            warmup: 30,
+        }
+    }
+}
+
+/// Which way the stream moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The mean rose.
+    Up,
+    /// The mean fell.
+    Down,
+}
+
+/// An alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Drift {
+    /// Which way.
+    pub direction: Direction,
+    /// Samples since the detector last (re)started.
+    pub after: u64,
+    /// Mean before the change (the warm-up window's).
+    pub reference_mean: f64,
+    /// Running mean at the alarm.
+    pub mean: f64,
+}
+
+/// A two-sided Page-Hinkley detector on one stream.
+#[derive(Clone, Debug)]
+pub struct PageHinkley {
+    cfg: DriftConfig,
+    n: u64,
+    mean: f64,
+    m2: f64,
+    unit: f64,
+    reference_mean: f64,
+    up: f64,
+    up_min: f64,
+    down: f64,
+    down_max: f64,
+}
+
+impl PageHinkley {
+    /// A detector that starts with a warm-up window.
+    pub fn new(cfg: DriftConfig) -> Self {
+        PageHinkley {
+            cfg,
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+            unit: 0.0,
+            reference_mean: 0.0,
+            up: 0.0,
+            up_min: 0.0,
+            down: 0.0,
+            down_max: 0.0,
+        }
+    }
+
+    /// Starts over (a new warm-up), e.g. after an alarm was acted on.
+    pub fn reset(&mut self) {
+        *self = PageHinkley::new(self.cfg);
+    }
+
+    /// Feeds one sample; returns an alarm when the stream's mean has moved (and restarts).
+    /// Non-finite samples are ignored.
+    pub fn update(&mut self, x: f64) -> Option<Drift> {
+        if !x.is_finite() {
+            return None;
+        }
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
+        let warmup = self.cfg.warmup.max(2) as u64;
+        if self.n < warmup {
+            return None;
+        }
+        if self.n == warmup {
+            let sd = (self.m2 / (self.n - 1) as f64).sqrt();
+            self.unit = sd.max(0.05 * self.mean.abs()).max(1e-9);
+            self.reference_mean = self.mean;
+            return None;
+        }
+        let (delta, lambda) = (self.cfg.delta * self.unit, self.cfg.lambda * self.unit);
+        self.up += x - self.mean - delta;
+        self.up_min = self.up_min.min(self.up);
+        self.down += x - self.mean + delta;
+        self.down_max = self.down_max.max(self.down);
+        let direction = if self.up - self.up_min > lambda {
+            Direction::Up
+        } else if self.down_max - self.down > lambda {
+            Direction::Down
+        } else {
+            return None;
+        };
+        let alarm = Drift {
+            direction,
+            after: self.n,
+            reference_mean: self.reference_mean,
+            mean: self.mean,
+        };
+        self.reset();
+        Some(alarm)
+    }
+}
+
+/// One detector per observation feature, fed with per-episode feature means.
+#[derive(Clone, Debug)]
+pub struct ObsDrift {
+    detectors: Vec<PageHinkley>,
+}
+
+impl ObsDrift {
+    /// Detectors for `dims` features.
+    pub fn new(dims: usize, cfg: DriftConfig) -> Self {
+        ObsDrift {
+            detectors: vec![PageHinkley::new(cfg); dims],
+        }
+    }
+
+    /// Feeds the mean observation of one episode; returns the features that drifted.
+    pub fn update(&mut self, episode_mean_obs: &[f32]) -> Vec<(usize, Drift)> {
+        self.detectors
+            .iter_mut()
+            .zip(episode_mean_obs)
+            .enumerate()
+            .filter_map(|(i, (d, &x))| d.update(x as f64).map(|a| (i, a)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, Normal};
+
+    #[test]
+    fn a_stationary_stream_raises_no_alarm() {
+        // 20 streams of 5,000 Gaussian samples each (100,000 samples) at the default setting.
+        let normal = Normal::new(100.0, 15.0).unwrap();
+        let mut alarms = 0;
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut ph = PageHinkley::new(DriftConfig::default());
+            for _ in 0..5_000 {
+                alarms += usize::from(ph.update(normal.sample(&mut rng)).is_some());
+            }
+        }
+        assert_eq!(alarms, 0, "false alarms on stationary streams");
+    }
+
+    #[test]
+    fn a_shift_of_two_standard_deviations_is_caught_within_thirty_samples() {
+        let mut worst = 0;
+        for (seed, shift) in [(1u64, -30.0), (2, 30.0), (3, -30.0), (4, 30.0)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let before = Normal::new(100.0, 15.0).unwrap();
+            let after = Normal::new(100.0 + shift, 15.0).unwrap();
+            let mut ph = PageHinkley::new(DriftConfig::default());
+            for _ in 0..300 {
+                assert!(ph.update(before.sample(&mut rng)).is_none());
+            }
+            let found = (1..=200).find_map(|k| ph.update(after.sample(&mut rng)).map(|d| (k, d)));
+            let (k, d) = found.expect("the shift is detected");
+            let want = if shift > 0.0 {
+                Direction::Up
+            } else {
+                Direction::Down
+            };
+            assert_eq!(d.direction, want);
+            worst = worst.max(k);
+        }
+        assert!(worst <= 30, "detected only after {worst} samples");
+    }
+
+    #[test]
+    fn a_fall_from_a_perfect_record_is_seen_at_once() {
+        let mut ph = PageHinkley::new(DriftConfig::default());
+        for _ in 0..100 {
+            assert!(ph.update(500.0).is_none());
+        }
+        let k = (1..=10).find(|_| ph.update(180.0).is_some());
+        assert!(k.is_some_and(|k| k <= 3), "{k:?}");
+        assert!(
+            ph.update(f64::NAN).is_none(),
+            "non-finite samples are ignored"
+        );
+    }
+
+    #[test]
+    fn observation_drift_names_the_feature() {
+        let mut od = ObsDrift::new(3, DriftConfig::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let noise = Normal::new(0.0, 0.01).unwrap();
+        for _ in 0..200 {
+            let obs: Vec<f32> = (0..3).map(|_| noise.sample(&mut rng) as f32).collect();
+            assert!(od.update(&obs).is_empty());
+        }
+        let mut hits = Vec::new();
+        for _ in 0..50 {
+            let mut obs: Vec<f32> = (0..3).map(|_| noise.sample(&mut rng) as f32).collect();
+            obs[1] += 0.05;
+            hits.extend(od.update(&obs));
+        }
+        assert!(
+            !hits.is_empty() && hits.iter().all(|(i, _)| *i == 1),
+            "{hits:?}"
+        );
+    }
+}

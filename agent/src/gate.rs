@@ -1,0 +1,289 @@
+//! The evaluation gate: whether a fine-tuned candidate may replace the champion.
+//!
+//! Both models play the same fresh evaluation episodes (the same seeds, no exploration), so
+//! their returns pair up and the comparison is a paired one-sided t-test for
+//! non-inferiority (as in clinical non-inferiority trials): with `dᵢ = candidateᵢ − championᵢ`
+//! and a margin `m`, the null hypothesis "the candidate is worse by `m` or more" (mean d ≤ −m)
+//! is tested against "it is not" (mean d > −m). The candidate is promoted only when the test
+//! rejects the null at level α, i.e. when the data show it is not worse by the margin.
+//! Pairing removes the variance the episodes' starting states share, so few episodes suffice
+//! when the two models behave alike.
+//!
+//! A candidate whose weights hold a NaN or an infinity, or whose training loss diverged, is
+//! rejected before any episode is played.
+//!
+//! This is a building block of the daemon (not yet used by a command).
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use crate::error::{AgentError, Result};
+
+/// Settings of the gate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Evaluation episodes per model.
+    pub episodes: usize,
+    /// Margin as a fraction of the champion's |mean return|.
+    pub margin_rel: f64,
+    /// Smallest margin, in return units (the margin is the larger of the two).
+    pub margin_abs: f64,
+    /// Significance level α of the one-sided test.
+    pub alpha: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            episodes: 30,
+            margin_rel: 0.05,
+            margin_abs: 1.0,
+            alpha: 0.05,
+        }
+    }
+}
+
+impl GateConfig {
+    /// Checks ranges, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.episodes < 2 {
+            return Err(AgentError::Config(
+                "gate.episodes must be at least 2".into(),
+            ));
+        }
+        let ok = |m: f64| m.is_finite() && m >= 0.0;
+        if !(ok(self.margin_rel) && ok(self.margin_abs)) {
+            return Err(AgentError::Config(
+                "gate.margin_rel and gate.margin_abs must be finite and ≥ 0".into(),
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(AgentError::Config("gate.alpha must be in (0, 1)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What the gate decided, with the figures behind it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GateReport {
+    /// Whether the candidate replaces the champion.
+    pub promote: bool,
+    /// Candidate mean return.
+    pub candidate_mean: f64,
+    /// Candidate return standard deviation (sample).
+    pub candidate_std: f64,
+    /// Champion mean return.
+    pub champion_mean: f64,
+    /// Champion return standard deviation (sample).
+    pub champion_std: f64,
+    /// Paired episodes.
+    pub episodes: usize,
+    /// The non-inferiority margin used.
+    pub margin: f64,
+    /// The t statistic of `(mean d + margin) / (sd d / √n)` (infinite when every difference
+    /// is equal).
+    pub t: f64,
+    /// One-sided p-value of "the candidate is worse by the margin or more".
+    pub p_value: f64,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+impl GateReport {
+    /// One sentence a person can read, e.g. "candidate v12 rejected: 187.0 ± 12.0 vs champion
+    /// 203.0 ± 9.0 over 30 episodes (p = 0.41 that it is not worse by 10.2)".
+    pub fn sentence(&self, candidate: i64, champion: i64) -> String {
+        let verdict = if self.promote { "promoted" } else { "rejected" };
+        if self.episodes == 0 {
+            return format!("candidate v{candidate} {verdict}: {}", self.reason);
+        }
+        format!(
+            "candidate v{candidate} {verdict}: {:.1} ± {:.1} vs champion v{champion} {:.1} ± {:.1} \
+             over {} episodes ({})",
+            self.candidate_mean,
+            self.candidate_std,
+            self.champion_mean,
+            self.champion_std,
+            self.episodes,
+            self.reason
+        )
+    }
+
+    /// An outright rejection, before any episode (NaN weights, a diverged loss).
+    pub fn rejected_outright(reason: impl Into<String>) -> Self {
+        GateReport {
+            promote: false,
+            candidate_mean: f64::NAN,
+            candidate_std: f64::NAN,
+            champion_mean: f64::NAN,
+            champion_std: f64::NAN,
+            episodes: 0,
+            margin: f64::NAN,
+            t: f64::NAN,
+            p_value: f64::NAN,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = if x.len() > 1 {
+        x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Rejects a candidate outright when a parameter is NaN/∞ or its loss is not finite; returns
+/// the reason, or `None` when the candidate may be evaluated.
+pub fn sanity_check(params: impl IntoIterator<Item = f32>, loss: f32) -> Option<String> {
+    if !loss.is_finite() {
+        return Some(format!("its training loss diverged ({loss})"));
+    }
+    let bad = params.into_iter().filter(|p| !p.is_finite()).count();
+    (bad > 0).then(|| format!("{bad} of its weights are NaN or infinite"))
+}
+
+/// The paired non-inferiority test on returns of the same episodes (`candidate[i]` and
+/// `champion[i]` started from the same seed).
+pub fn compare(candidate: &[f64], champion: &[f64], cfg: &GateConfig) -> Result<GateReport> {
+    cfg.validate()?;
+    if candidate.len() != champion.len() || candidate.len() < 2 {
+        return Err(AgentError::Config(format!(
+            "the gate needs the same number (≥ 2) of paired episodes, got {} and {}",
+            candidate.len(),
+            champion.len()
+        )));
+    }
+    if candidate.iter().chain(champion).any(|r| !r.is_finite()) {
+        return Ok(GateReport::rejected_outright(
+            "an evaluation return was not finite",
+        ));
+    }
+    let n = candidate.len();
+    let (candidate_mean, candidate_std) = mean_std(candidate);
+    let (champion_mean, champion_std) = mean_std(champion);
+    let diffs: Vec<f64> = candidate.iter().zip(champion).map(|(c, h)| c - h).collect();
+    let (d_mean, d_sd) = mean_std(&diffs);
+    let margin = cfg.margin_abs.max(cfg.margin_rel * champion_mean.abs());
+    let shifted = d_mean + margin;
+    let (t, p_value) = if d_sd == 0.0 {
+        // Every pair differs by the same amount: the data leave no doubt either way.
+        let t = if shifted > 0.0 {
+            f64::INFINITY
+        } else if shifted < 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            0.0
+        };
+        (t, if shifted > 0.0 { 0.0 } else { 1.0 })
+    } else {
+        let t = shifted / (d_sd / (n as f64).sqrt());
+        let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64)
+            .map_err(|e| AgentError::Config(format!("gate: {e}")))?;
+        (t, 1.0 - dist.cdf(t))
+    };
+    let promote = p_value < cfg.alpha;
+    let reason = format!(
+        "paired t = {t:.2}, p = {p_value:.3} that it is worse by {margin:.1} or more; α = {}",
+        cfg.alpha
+    );
+    Ok(GateReport {
+        promote,
+        candidate_mean,
+        candidate_std,
+        champion_mean,
+        champion_std,
+        episodes: n,
+        margin,
+        t,
+        p_value,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_t_distribution_matches_reference_values() {
+        // Abramowitz & Stegun / Mathematica values of the Student t CDF.
+        let t2 = StudentsT::new(0.0, 1.0, 2.0).unwrap();
+        assert!((t2.cdf(1.0) - 0.788_675_134_6).abs() < 1e-8);
+        let t4 = StudentsT::new(0.0, 1.0, 4.0).unwrap();
+        assert!((t4.cdf(-1.0) - 0.186_950_483_4).abs() < 1e-8);
+    }
+
+    #[test]
+    fn a_clearly_better_or_equal_candidate_passes_and_a_worse_one_does_not() {
+        let cfg = GateConfig::default();
+        let champion: Vec<f64> = (0..30).map(|i| 200.0 + (i % 7) as f64 * 3.0).collect();
+        let better: Vec<f64> = champion.iter().map(|r| r + 20.0).collect();
+        let worse: Vec<f64> = champion
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r - 30.0 + (i % 3) as f64)
+            .collect();
+        let r = compare(&better, &champion, &cfg).unwrap();
+        assert!(r.promote && r.p_value == 0.0, "{r:?}");
+        let r = compare(&champion, &champion, &cfg).unwrap();
+        assert!(
+            r.promote,
+            "an identical candidate is not worse by the margin: {r:?}"
+        );
+        let r = compare(&worse, &champion, &cfg).unwrap();
+        assert!(!r.promote && r.p_value > 0.99, "{r:?}");
+        assert!(r.sentence(12, 11).starts_with("candidate v12 rejected: "));
+    }
+
+    #[test]
+    fn noise_decides_through_the_p_value() {
+        // Differences alternating −5 ± 10 (sample sd 10.17) against a margin of 10 (5 % of
+        // 200): t = 5 / (10.17/√30) ≈ 2.69 with 29 degrees of freedom, p ≈ 0.006: promoted.
+        // Against a margin of 1, t ≈ −2.15, p ≈ 0.98: rejected.
+        let champion = vec![200.0; 30];
+        let noise = [10.0, -10.0];
+        let candidate: Vec<f64> = (0..30).map(|i| 195.0 + noise[i % 2]).collect();
+        let r = compare(&candidate, &champion, &GateConfig::default()).unwrap();
+        assert!((r.margin - 10.0).abs() < 1e-12);
+        assert!(r.promote && r.p_value < 0.01, "{r:?}");
+        let tight = GateConfig {
+            margin_rel: 0.0,
+            margin_abs: 1.0,
+            ..GateConfig::default()
+        };
+        let r = compare(&candidate, &champion, &tight).unwrap();
+        assert!(!r.promote && r.p_value > 0.9, "{r:?}");
+    }
+
+    #[test]
+    fn broken_candidates_and_bad_input_are_refused() {
+        assert!(
+            sanity_check([1.0, f32::NAN, 2.0], 0.5)
+                .unwrap()
+                .contains("1 of its")
+        );
+        assert!(
+            sanity_check([1.0], f32::INFINITY)
+                .unwrap()
+                .contains("diverged")
+        );
+        assert!(sanity_check([1.0, -3.0], 0.5).is_none());
+        let cfg = GateConfig::default();
+        assert!(compare(&[1.0], &[1.0], &cfg).is_err());
+        assert!(compare(&[1.0, 2.0], &[1.0], &cfg).is_err());
+        let r = compare(&[1.0, f64::NAN], &[1.0, 2.0], &cfg).unwrap();
+        assert!(!r.promote);
+        let bad = GateConfig {
+            alpha: 0.0,
+            ..GateConfig::default()
+        };
+        assert!(compare(&[1.0, 2.0], &[1.0, 2.0], &bad).is_err());
+    }
+}

@@ -170,6 +170,10 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         setup.config.run.steps,
         setup.config.run.mode
     );
+    // Without a terminal (a pipe, a log file) the bar is hidden; a line per tenth of the run
+    // keeps such logs informative. `--json` keeps stderr quiet.
+    let log_lines = bar.is_hidden() && !args.json;
+    let mut logged_tenths = 0;
     let mut on_progress = |p: &autodidact::train::Progress| {
         bar.set_position(p.steps);
         let ret = p
@@ -186,15 +190,23 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
                 .collect();
             format!(" experts {}%", shares.join("/"))
         };
-        bar.set_message(format!(
+        let message = format!(
             "return {ret} loss {:.3} ε {:.2}{experts} v{}",
             p.learner.loss, p.epsilon, p.model_version
-        ));
+        );
+        let tenths = p.steps * 10 / p.total_steps.max(1);
+        if log_lines && tenths > logged_tenths {
+            logged_tenths = tenths;
+            eprintln!("{}/{} steps  {message}", p.steps, p.total_steps);
+        }
+        bar.set_message(message);
     };
     let mut on_eval = |e: &autodidact::train::EvalPoint| {
         let line = format!("eval at {} steps: {:.1} ± {:.1}", e.steps, e.mean, e.std);
         if bar.is_hidden() {
-            eprintln!("{line}");
+            if !args.json {
+                eprintln!("{line}");
+            }
         } else {
             bar.println(line);
         }

@@ -203,8 +203,11 @@ impl TrainConfig {
         if self.network.d_model == 0 {
             return bad("network.d_model", "must be at least 1");
         }
-        if self.replay.capacity == 0 {
-            return bad("replay.capacity", "must be at least 1");
+        if self.replay.capacity < self.dqn.batch_size {
+            return bad(
+                "replay.capacity",
+                "must be at least dqn.batch_size (the window must hold a batch)",
+            );
         }
         self.dqn.validate()
     }
@@ -283,5 +286,9 @@ mod tests {
         let err = TrainConfig::load(None, &["run.steps=0".into()]).unwrap_err();
         assert!(err.to_string().contains("run.steps"), "{err}");
         assert!(TrainConfig::load(None, &["novalue".into()]).is_err());
+        let err = TrainConfig::load(None, &["replay.capacity=32".into()]).unwrap_err();
+        assert!(err.to_string().contains("replay.capacity"), "{err}");
+        let err = TrainConfig::load(None, &["dqn.weight_decay=-0.1".into()]).unwrap_err();
+        assert!(err.to_string().contains("weight_decay"), "{err}");
     }
 }

@@ -175,6 +175,11 @@ impl DqnConfig {
                 "dqn.per_eps, dqn.huber_delta and dqn.max_grad_norm must be positive".into(),
             ));
         }
+        if !(self.adam_eps > 0.0 && self.weight_decay >= 0.0) {
+            return Err(AgentError::Config(
+                "dqn.adam_eps must be positive and dqn.weight_decay ≥ 0".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -229,6 +234,8 @@ pub struct DqnLearner {
     planned_updates: u64,
     updates: u64,
     metrics: LearnerMetrics,
+    /// No update recorded since construction: the moving averages start from the next one.
+    metrics_fresh: bool,
     batch: SampleBatch,
     obs: Tensor,
     next: Tensor,
@@ -299,7 +306,9 @@ impl DqnLearner {
             Some(o) => o,
             None => AdamW::new(cfg.adamw(planned_updates))?,
         };
-        opt.config.schedule = cfg.schedule(planned_updates);
+        // Keep the moments and the step count; take every hyper-parameter from this session's
+        // config, so `--resume --set dqn.lr=…` means what it says.
+        opt.config = cfg.adamw(planned_updates);
         let field = |k: &str| -> Result<u128> {
             main.extra
                 .get(k)
@@ -340,6 +349,7 @@ impl DqnLearner {
     ) -> Self {
         let batch = SampleBatch::with_capacity(cfg.batch_size);
         DqnLearner {
+            metrics_fresh: true,
             metrics: LearnerMetrics {
                 updates,
                 lr: opt.config.lr_at(opt.steps() + 1),
@@ -376,7 +386,7 @@ impl DqnLearner {
         let m = &mut self.metrics;
         m.updates = self.updates;
         m.skipped = self.opt.skipped();
-        let first = m.updates <= 1;
+        let first = std::mem::take(&mut self.metrics_fresh);
         let ema = |old: f32, new: f32| if first { new } else { old + EMA * (new - old) };
         if loss.is_finite() {
             m.loss = ema(m.loss, loss);

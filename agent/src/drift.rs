@@ -6,9 +6,9 @@
 //! alarm when `Uₜ − min U > λ` or `max L − Lₜ > λ`. `δ` (the change too small to care about)
 //! and `λ` (the evidence needed) are given in units of the stream's standard deviation,
 //! measured over a warm-up window after every alarm, so one setting fits returns of 500 and
-//! observations of 0.05 alike. A warm-up without variance (a solved CartPole returns 500
-//! every time) uses 5 % of its mean as the unit, so a fall from a perfect record is still
-//! seen.
+//! observations of 0.05 alike. The unit is at least 5 % of the warm-up's |mean|: a stream
+//! that barely varies (a solved CartPole returns 500 every time) must not alarm on a wobble,
+//! yet a fall from it is still seen at once.
 //!
 //! On drift, the daemon raises plasticity (documented there): exploration back up, a higher
 //! learning rate for a while. This module only detects. It is a building block of the daemon

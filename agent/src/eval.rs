@@ -38,8 +38,12 @@ impl EvalReport {
     }
 }
 
+/// Longest evaluation episode: a greedy policy can loop forever in a world without a time
+/// limit (an `exec:` program, say), and an evaluation must end.
+pub const MAX_EVAL_EPISODE_STEPS: u64 = 100_000;
+
 /// Runs `episodes` greedy episodes of `env` with `snapshot`, seeding episode `j` with
-/// `seed + j`.
+/// `seed + j`. An episode is cut after [`MAX_EVAL_EPISODE_STEPS`] steps.
 pub fn evaluate(
     env: &mut dyn Env,
     snapshot: &Snapshot,
@@ -78,7 +82,7 @@ pub fn evaluate(
             let step = env.step(&Action::Discrete(argmax(q.data()) as i64))?;
             ret += step.reward;
             len += 1;
-            if step.done() {
+            if step.done() || len >= MAX_EVAL_EPISODE_STEPS {
                 break;
             }
             obs = step.obs;

@@ -139,6 +139,11 @@ impl RateLimiter {
         self.changed.notify_all();
     }
 
+    /// Whether the learner last reported it has nothing to sample.
+    pub fn is_starved(&self) -> bool {
+        self.lock().starved
+    }
+
     /// Releases every waiter for good.
     pub fn stop(&self) {
         self.lock().stopped = true;

@@ -278,7 +278,9 @@ fn episode_seed(seed: u64, stream: u64, i: u64) -> u64 {
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)).wrapping_add(i) >> 1
+    // Halve the base (seeds stay below 2^63, which every Gymnasium accepts) before adding
+    // the index, so consecutive episodes never share a seed.
+    ((z ^ (z >> 31)) >> 1).wrapping_add(i) & (u64::MAX >> 1)
 }
 const TRAIN_EPISODES: u64 = 1;
 const EVAL_EPISODES: u64 = 2;
@@ -414,9 +416,13 @@ impl LearnerHost {
                     stem: stem.to_path_buf(),
                     reply: tx,
                 });
-                match (sent, rx.recv()) {
-                    (Ok(()), Ok(r)) => r,
-                    _ => Err(self.thread_failure()),
+                // A failed send still holds the reply sender: check it before waiting.
+                if sent.is_err() {
+                    return Err(self.thread_failure());
+                }
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => Err(self.thread_failure()),
                 }
             }
         }
@@ -474,6 +480,7 @@ impl LearnerHost {
                 let owed = limiter.allowed_updates(steps);
                 let deadline = Instant::now() + Duration::from_secs(600);
                 while limiter.counts().1 < owed
+                    && !limiter.is_starved()
                     && Instant::now() < deadline
                     && handle.as_ref().is_some_and(|h| !h.is_finished())
                 {
@@ -610,6 +617,8 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                 )));
             }
             state.updates = learner.metrics().updates;
+            // The resolved configuration now includes this session's overrides and budget.
+            write_atomic(&run_dir.join(CONFIG_FILE), c.to_toml()?.as_bytes())?;
             (run, Box::new(learner), state)
         }
     };
@@ -670,10 +679,18 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         let handle = std::thread::Builder::new()
             .name("learner".into())
             .spawn(move || {
+                // However the learner ends (an error or a panic), the actor must not wait
+                // on it any more.
+                struct StopOnDrop(Arc<RateLimiter>);
+                impl Drop for StopOnDrop {
+                    fn drop(&mut self) {
+                        self.0.stop();
+                    }
+                }
+                let _guard = StopOnDrop(l.clone());
                 let r = pool.install(|| learner_thread(learner, s, l.clone(), rx, m));
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "learner failed");
-                    l.stop();
                 }
                 r
             })
@@ -757,7 +774,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                 let action = actor.select_action(&obs)?;
                 let step = env.step(&action)?;
                 check_obs(&step.obs, obs_dim)?;
-                if !step.reward.is_finite() {
+                if !(step.reward as f32).is_finite() {
                     return Err(AgentError::Config(format!(
                         "the environment returned a non-finite reward ({}) at step {steps}",
                         step.reward
@@ -884,6 +901,14 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
     };
     learner = std::mem::replace(l, Box::new(NoLearner));
     writer.close()?;
+    let skipped = store.sampler().skipped_episodes();
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "episodes longer than the replay window (replay.capacity) were stored but never \
+             sampled; raise replay.capacity"
+        );
+    }
 
     let metrics = learner.metrics();
     let final_eval = if interrupted {
@@ -986,7 +1011,10 @@ impl Checkpointer<'_> {
         host: &mut LearnerHost,
         actor: &mut EpsilonGreedyActor<ReplayAdder>,
     ) -> Result<PathBuf> {
-        let rel = format!("checkpoints/step-{:010}", self.state.steps);
+        // Named by the version it will become, so no later checkpoint can overwrite the files
+        // of a registered one (two checkpoints may share a step count).
+        let next = self.store.latest_model()?.map_or(1, |m| m.version + 1);
+        let rel = format!("checkpoints/v{next:05}-step{:010}", self.state.steps);
         let (file, metrics) = host.save(&self.run_dir.join(&rel), self.shared)?;
         // Everything the counters claim is committed before the state file says so.
         actor.adder_mut().flush()?;
@@ -1032,4 +1060,26 @@ pub fn acting_checkpoint(run_dir: &Path) -> Result<(PathBuf, i64)> {
         })?,
     };
     Ok((run_dir.join(&model.checkpoint_path), model.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn episode_seeds_never_repeat_within_or_across_streams() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..4u64 {
+            for stream in [TRAIN_EPISODES, EVAL_EPISODES, FINAL_EVAL_EPISODES] {
+                for i in 0..1_000 {
+                    let s = episode_seed(seed, stream, i);
+                    assert!(s < 1 << 63, "seeds fit in an i64");
+                    assert!(
+                        seen.insert(s),
+                        "seed {s} repeated (seed {seed}, stream {stream}, i {i})"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //!
 //! Run: `cargo bench -p autodidact --bench replay_summary`
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{cpu_name, median, target_dir};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,38 +19,6 @@ use autodidact_replay::*;
 const TRANSITIONS: usize = 10_000_000;
 const EPISODE_LEN: usize = 50;
 const RUNS: usize = 7;
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target"),
-    }
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
 
 /// Whether `path` already holds the finished benchmark file (an interrupted build does not).
 fn ready(path: &Path) -> bool {

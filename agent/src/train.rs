@@ -869,37 +869,18 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
     if let Err(e) = loop_result {
         // Best effort: a failing environment must not cost the learning since the last
         // checkpoint. If storing fails too (a full disk), the last checkpoint stands.
-        let saved = actor.adder_mut().cut().and_then(|()| {
-            let learner = host.finish(steps)?;
-            let mut host = LearnerHost::Inline {
-                updates: learner.metrics().updates,
-                learner,
-                pool: learner_pool(1)?,
-            };
-            ck.state.steps = steps;
-            ck.state.episodes = episodes;
-            ck.checkpoint(&mut host, &mut actor)
-        });
+        let saved = actor
+            .adder_mut()
+            .cut()
+            .and_then(|()| ck.final_checkpoint(host, &mut actor, steps, episodes));
         if let Err(e2) = saved {
             tracing::warn!(error = %e2, "no checkpoint after the failure; the last one stands");
         }
         return Err(e);
     }
-    let mut learner = host.finish(steps)?;
+    let (checkpoint, learner) = ck.final_checkpoint(host, &mut actor, steps, episodes)?;
     // Training time includes the learner catching up on the updates the last steps earned.
     let train_secs = started.elapsed().as_secs_f64() - eval_secs;
-    let mut host = LearnerHost::Inline {
-        updates: learner.metrics().updates,
-        learner,
-        pool: learner_pool(1)?,
-    };
-    ck.state.steps = steps;
-    ck.state.episodes = episodes;
-    let checkpoint = ck.checkpoint(&mut host, &mut actor)?;
-    let LearnerHost::Inline { learner: l, .. } = &mut host else {
-        return Err(AgentError::Panicked("learner"));
-    };
-    learner = std::mem::replace(l, Box::new(NoLearner));
     writer.close()?;
     let skipped = store.sampler().skipped_episodes();
     if skipped > 0 {
@@ -953,31 +934,6 @@ fn mean(v: &VecDeque<f64>) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// Placeholder left behind when the learner is taken out of its host at the end.
-struct NoLearner;
-
-impl Learner for NoLearner {
-    fn ready(&self) -> bool {
-        false
-    }
-    fn update(&mut self) -> Result<crate::learner::UpdateReport> {
-        Err(AgentError::Panicked("learner"))
-    }
-    fn acting_snapshot(&self) -> Result<Snapshot> {
-        Err(AgentError::Panicked("learner"))
-    }
-    fn set_obs_stats(&mut self, _: &ObsNormalizer) {}
-    fn obs_stats(&self) -> Option<ObsNormalizer> {
-        None
-    }
-    fn save(&self, _: &Path) -> Result<PathBuf> {
-        Err(AgentError::Panicked("learner"))
-    }
-    fn metrics(&self) -> LearnerMetrics {
-        LearnerMetrics::default()
-    }
-}
-
 /// The registry's metrics of a model version. `expert_usage` (share of routed tokens per expert
 /// of the first MoE layer) is what `autodidact replay … experts` charts; it is left out before
 /// the first update, when nothing has been routed yet.
@@ -1004,6 +960,30 @@ struct Checkpointer<'a> {
 }
 
 impl Checkpointer<'_> {
+    /// Ends the learner (after the updates it is owed), checkpoints it with the actor's final
+    /// counters and hands it back.
+    fn final_checkpoint(
+        &mut self,
+        host: LearnerHost,
+        actor: &mut EpsilonGreedyActor<ReplayAdder>,
+        steps: u64,
+        episodes: u64,
+    ) -> Result<(PathBuf, Box<dyn Learner>)> {
+        let learner = host.finish(steps)?;
+        let mut host = LearnerHost::Inline {
+            updates: learner.metrics().updates,
+            learner,
+            pool: learner_pool(1)?,
+        };
+        self.state.steps = steps;
+        self.state.episodes = episodes;
+        let file = self.checkpoint(&mut host, actor)?;
+        match host {
+            LearnerHost::Inline { learner, .. } => Ok((file, learner)),
+            LearnerHost::Thread { .. } => Err(AgentError::Panicked("learner")),
+        }
+    }
+
     /// Saves the learner, registers and promotes a model version, and rewrites the state
     /// file; `self.state.steps`/`episodes` must already hold the actor's counters.
     fn checkpoint(

@@ -836,14 +836,3 @@ fn a_concurrent_writer_does_not_break_summary_or_export() {
     assert!(written > 200);
     handle.close().unwrap();
 }
-
-/// Not a check: writes the sample file the tests use to `$REPLAY_SAMPLE_DIR`, to try the
-/// commands by hand (`REPLAY_SAMPLE_DIR=/tmp/s cargo test --test replay_cli -- --ignored`).
-#[test]
-#[ignore]
-fn write_sample_file() {
-    if let Some(dir) = std::env::var_os("REPLAY_SAMPLE_DIR") {
-        std::fs::create_dir_all(&dir).unwrap();
-        make_db(Path::new(&dir), true);
-    }
-}

@@ -5,8 +5,9 @@
 //! <run-dir>/config.toml          the fully resolved configuration
 //! <run-dir>/state.json           counters and the latest checkpoint (written atomically)
 //! <run-dir>/replay.sqlite        every transition lived, the model registry
-//! <run-dir>/checkpoints/step-N.safetensors         online network + optimizer
-//! <run-dir>/checkpoints/step-N.target.safetensors  target network
+//! <run-dir>/checkpoints/vV-stepN.safetensors         online network + optimizer (version V)
+//! <run-dir>/checkpoints/vV-stepN.target.safetensors  target network
+//! <run-dir>/lock                 flock'ed while a process trains the run
 //! ```
 //!
 //! Every checkpoint registers a model version (parent: the previous one) and promotes it to
@@ -98,6 +99,37 @@ impl RunState {
             reason: e.to_string(),
         })?;
         write_atomic(&run_dir.join(STATE_FILE), text.as_bytes())
+    }
+}
+
+/// An exclusive advisory lock on `<run-dir>/lock`, held for a whole training session, so two
+/// processes never write one run (both would append episodes and race on the state file). The
+/// kernel drops it when the process dies, even by `kill -9`, so it never goes stale.
+struct RunLock {
+    /// Holding the open file is holding the lock.
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    fn acquire(run_dir: &Path) -> Result<RunLock> {
+        use std::os::fd::AsRawFd;
+        let path = run_dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(AgentError::io(&path))?;
+        // SAFETY: flock on a descriptor this function owns for the File's lifetime; it reads
+        // and writes no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(AgentError::RunDir {
+                path: run_dir.to_path_buf(),
+                reason: "another autodidact process is using this run directory".into(),
+            });
+        }
+        Ok(RunLock { _file: file })
     }
 }
 
@@ -523,6 +555,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
 
     std::fs::create_dir_all(run_dir.join("checkpoints"))
         .map_err(AgentError::io(run_dir.join("checkpoints")))?;
+    let _lock = RunLock::acquire(&run_dir)?;
     let store = ReplayStore::open(
         run_dir.join(REPLAY_FILE),
         StoreOptions {

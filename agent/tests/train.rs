@@ -404,6 +404,17 @@ fn ctrl_c_stops_cleanly_and_the_run_resumes() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A second process may not write the same run while this one trains.
+    let out = bin()
+        .args(["train", "--steps", "20000000", "--resume"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another autodidact process"),
+        "{err}"
+    );
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

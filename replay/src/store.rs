@@ -430,7 +430,7 @@ impl ReplayStore {
     pub fn create_run(&self, spec: &RunSpec) -> Result<Run> {
         spec.validate()?;
         let started_at = now_secs();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         tx.execute(
             "INSERT INTO runs (env_id, obs_dims, obs_dtype, action_space, config, code_version, \
              started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -462,7 +462,7 @@ impl ReplayStore {
     /// Registers a model version as a candidate.
     pub fn register_model(&self, model: &NewModel) -> Result<Model> {
         let created_at = now_secs();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         if let Some(parent) = model.parent {
             let exists: Option<i64> = tx
                 .query_row(
@@ -502,11 +502,21 @@ impl ReplayStore {
         })
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A deferred one that
+    /// reads first would fail at once with `SQLITE_BUSY` (no waiting) whenever the writer
+    /// thread committed between its read and its write, which a daemon does constantly.
+    fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+
     /// Makes `version` the champion and demotes the previous champion to candidate, in one
     /// transaction, so there is never a moment with two champions or (after the first
     /// promotion) none. A rejected model cannot be promoted.
     pub fn promote(&self, version: i64) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         match model_status(&tx, version)? {
             ModelStatus::Rejected => {
                 return Err(ReplayError::ModelStatus {
@@ -532,7 +542,7 @@ impl ReplayStore {
     /// Marks a candidate as rejected. The champion cannot be rejected directly: promote its
     /// replacement first, so that something always acts.
     pub fn reject(&self, version: i64) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         if model_status(&tx, version)? == ModelStatus::Champion {
             return Err(ReplayError::ModelStatus {
                 version,

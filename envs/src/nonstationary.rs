@@ -137,6 +137,14 @@ impl NonStationaryCartPole {
         })
     }
 
+    /// Follows `control` instead of a handle of its own, so several environments (an actor's
+    /// and an evaluator's) change together on one command.
+    pub fn with_control(mut self, control: CartPoleControl) -> Result<Self> {
+        self.control = control;
+        self.apply()?;
+        Ok(self)
+    }
+
     /// The handle for changing physics on command.
     pub fn control(&self) -> CartPoleControl {
         self.control.clone()

@@ -214,7 +214,7 @@ impl TrainConfig {
 }
 
 /// Sets `a.b.c = value` in a TOML table, creating sub-tables as needed.
-fn apply_override(root: &mut toml::Table, kv: &str) -> Result<()> {
+pub(crate) fn apply_override(root: &mut toml::Table, kv: &str) -> Result<()> {
     let Some((key, raw)) = kv.split_once('=') else {
         return Err(AgentError::Config(format!(
             "override `{kv}` must look like key=value, e.g. dqn.lr=3e-4"

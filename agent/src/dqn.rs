@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actor::argmax;
 use crate::error::{AgentError, Result};
-use crate::learner::{Learner, LearnerMetrics, UpdateReport};
+use crate::learner::{Learner, LearnerMetrics, ReanalyseReport, UpdateReport};
 
 /// Hyper-parameters of [`DqnLearner`] and of the ε-greedy actor that goes with it, named as
 /// in the papers (and as Stable-Baselines3 names the ones it shares).
@@ -589,5 +589,89 @@ impl Learner for DqnLearner {
 
     fn metrics(&self) -> LearnerMetrics {
         self.metrics.clone()
+    }
+
+    fn set_lr_scale(&mut self, scale: f32) {
+        if scale.is_finite() && scale >= 0.0 {
+            self.opt.config.lr = self.cfg.lr * scale;
+        }
+    }
+
+    fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {
+        let c = &self.cfg;
+        if !self.ready() || batches == 0 {
+            return Ok(None);
+        }
+        let (rows, n_actions) = (c.batch_size, self.online.config().head.out_dim());
+        let nstep = NStep {
+            n: c.n_step,
+            gamma: c.gamma,
+        };
+        let mut report = ReanalyseReport::default();
+        let (mut td_sum, mut target_sum, mut q_sum, mut prio_sum) = (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..batches {
+            // Uniform, not prioritized: the point is to revisit what sampling by stale
+            // priorities would leave alone.
+            self.sampler
+                .sample_uniform(&mut self.rng, rows, nstep, &mut self.batch)?;
+            let b = &self.batch;
+            let obs_len = b.obs_len;
+            self.obs.resize(&[rows, obs_len]);
+            self.obs
+                .data_mut()
+                .copy_from_slice(&b.obs[..rows * obs_len]);
+            self.next.resize(&[rows, obs_len]);
+            self.next
+                .data_mut()
+                .copy_from_slice(&b.next_obs[..rows * obs_len]);
+            self.best.clear();
+            if c.double_q {
+                let q_next = self.online.forward(&self.next, false)?;
+                self.best.extend((0..rows).map(|i| argmax(q_next.row(i))));
+            }
+            let q_next_target = self.target.forward(&self.next, false)?;
+            if !c.double_q {
+                self.best
+                    .extend((0..rows).map(|i| argmax(q_next_target.row(i))));
+            }
+            self.bootstrap.clear();
+            self.bootstrap.extend(
+                (0..rows)
+                    .map(|i| b.rewards[i] + b.discounts[i] * q_next_target.row(i)[self.best[i]]),
+            );
+            let q = self.online.forward(&self.obs, false)?;
+            self.prios.clear();
+            for i in 0..rows {
+                let a = usize::try_from(b.actions[i])
+                    .ok()
+                    .filter(|&a| a < n_actions)
+                    .ok_or_else(|| {
+                        AgentError::Config(format!(
+                            "replay holds action {} but the network has {n_actions} actions",
+                            b.actions[i]
+                        ))
+                    })?;
+                let qa = q.row(i)[a];
+                let delta = self.bootstrap[i] - qa;
+                td_sum += f64::from(delta.abs());
+                target_sum += f64::from(self.bootstrap[i]);
+                q_sum += f64::from(qa);
+                if c.prioritized {
+                    prio_sum += f64::from(self.sampler.priority(b.ids[i]).unwrap_or(0.0));
+                }
+                self.prios.push(delta.abs() + c.per_eps);
+            }
+            if c.prioritized && self.prios.iter().all(|p| p.is_finite()) {
+                self.sampler
+                    .update_priorities(&self.batch.ids[..rows], &self.prios)?;
+            }
+            report.transitions += rows;
+        }
+        let n = report.transitions as f64;
+        report.mean_abs_td = td_sum / n;
+        report.mean_target = target_sum / n;
+        report.mean_q = q_sum / n;
+        report.mean_priority_before = c.prioritized.then_some(prio_sum / n);
+        Ok(Some(report))
     }
 }

@@ -10,9 +10,13 @@
 //! that barely varies (a solved CartPole returns 500 every time) must not alarm on a wobble,
 //! yet a fall from it is still seen at once.
 //!
-//! On drift, the daemon raises plasticity (documented there): exploration back up, a higher
-//! learning rate for a while. This module only detects. It is a building block of the daemon
-//! (not yet used by a command).
+//! For returns the daemon uses [`ReturnDrop`], two adjacent windows compared for a fall: a
+//! Page-Hinkley detector that restarts after every rise (which is what learning looks like)
+//! spends its warm-ups blind, and a warm-up that spans a change inflates its unit until a
+//! later fall goes unseen. Page-Hinkley watches the observation features.
+//!
+//! On drift, the daemon raises plasticity (documented in [`crate::daemon`]): exploration back
+//! up and the learning rate back to its initial value. This module only detects.
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +145,97 @@ impl PageHinkley {
     }
 }
 
+/// Settings of a [`ReturnDrop`] detector.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReturnDropConfig {
+    /// Episodes in the recent window.
+    pub recent: usize,
+    /// Episodes in the reference window (the ones before the recent window).
+    pub reference: usize,
+    /// Smallest fall that counts, as a fraction of the reference mean's magnitude.
+    pub min_drop: f64,
+    /// The fall must also exceed this many standard errors of the difference of means (with
+    /// the reference window's spread).
+    pub z: f64,
+}
+
+impl Default for ReturnDropConfig {
+    fn default() -> Self {
+        ReturnDropConfig {
+            recent: 10,
+            reference: 50,
+            min_drop: 0.2,
+            z: 4.0,
+        }
+    }
+}
+
+/// A fall in a stream, as two adjacent windows see it: the mean of the last `recent` samples
+/// against the mean of the `reference` samples before them (in the spirit of ADWIN's two
+/// sub-windows, with fixed sizes). An alarm needs a fall of at least `min_drop` of the reference
+/// level *and* of `z` standard errors, so a learner's rising returns never alarm, a solved task
+/// failing now and then under exploration does not either, and a world that breaks the policy
+/// is seen `recent` episodes after the change. Unlike Page-Hinkley it has no warm-up whose
+/// scale a change could distort: the windows slide, and after an alarm both are emptied, so
+/// the next alarm compares against the changed world.
+#[derive(Clone, Debug)]
+pub struct ReturnDrop {
+    cfg: ReturnDropConfig,
+    window: std::collections::VecDeque<f64>,
+}
+
+impl ReturnDrop {
+    /// An empty detector.
+    pub fn new(cfg: ReturnDropConfig) -> Self {
+        ReturnDrop {
+            cfg,
+            window: std::collections::VecDeque::with_capacity(cfg.recent + cfg.reference),
+        }
+    }
+
+    /// Feeds one sample; returns an alarm (direction `Down`) when the recent window fell.
+    /// Non-finite samples are ignored.
+    pub fn update(&mut self, x: f64) -> Option<Drift> {
+        if !x.is_finite() {
+            return None;
+        }
+        let (w, r) = (self.cfg.recent.max(1), self.cfg.reference.max(2));
+        if self.window.len() == w + r {
+            self.window.pop_front();
+        }
+        self.window.push_back(x);
+        if self.window.len() < w + r.clamp(2, 20) {
+            return None;
+        }
+        let split = self.window.len() - w;
+        let stats = |it: &mut dyn Iterator<Item = f64>| {
+            let v: Vec<f64> = it.collect();
+            let n = v.len() as f64;
+            let m = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+            (m, var, n)
+        };
+        let (m_ref, v_ref, n_ref) = stats(&mut self.window.iter().copied().take(split));
+        let (m_rec, _, n_rec) = stats(&mut self.window.iter().copied().skip(split));
+        // The reference window's spread for both: under "no change" they share it, and ten
+        // recent samples estimate it too poorly to be trusted (a calm streak would alarm).
+        let se = (v_ref * (1.0 / n_ref + 1.0 / n_rec)).sqrt();
+        let drop = m_ref - m_rec;
+        if drop > self.cfg.min_drop * m_ref.abs().max(1e-9) && drop > self.cfg.z * se {
+            let after = self.window.len() as u64;
+            self.window.clear();
+            return Some(Drift {
+                direction: Direction::Down,
+                after,
+                reference_mean: m_ref,
+                mean: m_rec,
+            });
+        }
+        None
+    }
+}
+
 /// One detector per observation feature, fed with per-episode feature means.
 #[derive(Clone, Debug)]
 pub struct ObsDrift {
@@ -224,6 +319,34 @@ mod tests {
             ph.update(f64::NAN).is_none(),
             "non-finite samples are ignored"
         );
+    }
+
+    #[test]
+    fn return_drop_ignores_learning_and_stray_failures_but_sees_a_broken_world() {
+        let mut d = ReturnDrop::new(ReturnDropConfig::default());
+        // Rising returns (a learner) never alarm.
+        for i in 0..300 {
+            assert!(
+                d.update(10.0 + i as f64 * 1.6).is_none(),
+                "rise alarmed at {i}"
+            );
+        }
+        // A solved task with a failure every 15 episodes does not either.
+        for i in 0..600 {
+            let x = if i % 15 == 7 { 120.0 } else { 500.0 };
+            assert!(d.update(x).is_none(), "stray failure alarmed at {i}");
+        }
+        // A broken world is seen within the recent window.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let after = Normal::new(250.0, 80.0).unwrap();
+        let k = (1..=20).find(|_| d.update(after.sample(&mut rng)).is_some());
+        assert!(k.is_some_and(|k| k <= 10), "{k:?}");
+        // And the detector starts over in the changed world.
+        for i in 0..2_000 {
+            let x = after.sample(&mut rng).clamp(0.0, 500.0);
+            assert!(d.update(x).is_none(), "false alarm at {i}");
+        }
+        assert!(d.update(f64::NAN).is_none());
     }
 
     #[test]

@@ -43,6 +43,21 @@ pub struct LearnerMetrics {
     pub router_entropy: f32,
 }
 
+/// What a reanalyse pass found: the stored transitions' TD errors under the newest weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ReanalyseReport {
+    /// Transitions revisited.
+    pub transitions: usize,
+    /// Mean |TD error| under the newest online and target networks.
+    pub mean_abs_td: f64,
+    /// Mean priority those transitions had before (prioritized replay only).
+    pub mean_priority_before: Option<f64>,
+    /// Mean recomputed n-step value target.
+    pub mean_target: f64,
+    /// Mean Q-value of the stored action under the newest online network.
+    pub mean_q: f64,
+}
+
 /// A learner: owns the trainable network, its optimizer and its view of replay.
 pub trait Learner: Send {
     /// Whether replay holds enough data for a batch.
@@ -61,4 +76,17 @@ pub trait Learner: Send {
     fn save(&self, stem: &Path) -> Result<PathBuf>;
     /// Running metrics.
     fn metrics(&self) -> LearnerMetrics;
+    /// Revisits `batches` uniformly drawn batches of stored experience with the newest
+    /// weights (in the spirit of MuZero Reanalyse): recomputes their value targets and, with
+    /// prioritized replay, their priorities, so old experience is sampled by what the model
+    /// knows now. `None` for a learner with nothing to reanalyse.
+    fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {
+        let _ = batches;
+        Ok(None)
+    }
+    /// Scales the learning rate relative to the configured one (the daemon lowers it as a
+    /// world stays the same and raises it back when the world changes). No-op by default.
+    fn set_lr_scale(&mut self, scale: f32) {
+        let _ = scale;
+    }
 }

@@ -8,8 +8,9 @@
 //! - [`rate::RateLimiter`] holds actors and learner to the configured replay ratio;
 //! - [`train`] runs them together in a resumable run directory; [`dqn`] is the first learner.
 //!
-//! [`gate`] (the evaluation gate) and [`drift`] (Page-Hinkley change detection) are building
-//! blocks of the daemon, not yet used by a command.
+//! [`daemon`] is how an agent lives: actors acting with the champion, a learner cutting
+//! candidates, the evaluation [`gate`], [`drift`] detection and reflection passes, on one
+//! tokio runtime with an HTTP status endpoint.
 //!
 //! [`rollout`] runs episodes with a simple policy (a plumbing check for new environments).
 
@@ -18,6 +19,7 @@
 pub mod actor;
 pub mod adder;
 pub mod config;
+pub mod daemon;
 pub mod dqn;
 pub mod drift;
 pub mod error;

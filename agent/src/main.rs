@@ -32,6 +32,12 @@ enum Command {
     /// background (Double DQN, dueling head, n-step returns, prioritized replay). Ctrl-C stops
     /// cleanly; `--resume <run-dir>` continues.
     Train(TrainArgs),
+    /// Run the self-learning daemon: actors act with the champion model, a learner fine-tunes
+    /// candidates in the background, an evaluation gate promotes only candidates that are not
+    /// worse, drift in the world raises exploration, and reflection passes are recorded in the
+    /// replay file. Serves /healthz, /status and /metrics. SIGTERM or Ctrl-C stops cleanly;
+    /// running it again with the same --run-dir resumes, also after a crash.
+    Daemon(DaemonArgs),
     /// Evaluate a trained model greedily (no exploration) and report mean ± std return.
     Eval {
         /// A checkpoint file (`…/checkpoints/step-N.safetensors`) or a run directory (meaning
@@ -110,6 +116,105 @@ struct TrainArgs {
     /// Print the final report as one JSON object instead of a paragraph.
     #[arg(long)]
     json: bool,
+}
+
+/// Options of `autodidact daemon`.
+#[derive(clap::Args, Debug)]
+struct DaemonArgs {
+    /// Environment ID the actors act in (repeat for several; actor i uses the i-th modulo
+    /// their number). Needed for a new run directory, optional when resuming.
+    #[arg(long)]
+    env: Vec<String>,
+    /// The run directory: created if new, resumed if it holds a daemon run.
+    #[arg(long, value_name = "DIR", default_value = "runs/daemon")]
+    run_dir: PathBuf,
+    /// Serve /healthz, /status and /metrics here (default: http.bind, 127.0.0.1:7979; port 0
+    /// picks a free port, written to <run-dir>/http.addr). A non-loopback address needs
+    /// --http-token.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Bearer token required on /status and /metrics (also AUTODIDACT_HTTP_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    http_token: Option<String>,
+    /// Turn the HTTP endpoint off.
+    #[arg(long, conflicts_with_all = ["http", "http_token"])]
+    no_http: bool,
+    /// Number of actors (daemon.actors).
+    #[arg(long)]
+    actors: Option<usize>,
+    /// Stop after this many environment steps in total (daemon.max_steps; default: run until
+    /// stopped).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// A TOML config file for a new run; keys it leaves out keep their defaults (see
+    /// --print-config and agent/daemon.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one config key, e.g. `--set gate.episodes=20 --set reflection.every_s=30`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Print the fully resolved config as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Lines for a person.
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+fn daemon_command(args: DaemonArgs) -> anyhow::Result<()> {
+    use autodidact::daemon::{Daemon, DaemonOptions};
+    let mut set = args.set.clone();
+    if let Some(a) = &args.http {
+        set.push(format!("http.bind=\"{a}\""));
+        set.push("http.enabled=true".into());
+    }
+    if let Some(t) = &args.http_token {
+        set.push(format!("http.token=\"{t}\""));
+    }
+    if args.no_http {
+        set.push("http.enabled=false".into());
+    }
+    if let Some(n) = args.actors {
+        set.push(format!("daemon.actors={n}"));
+    }
+    if let Some(n) = args.max_steps {
+        set.push(format!("daemon.max_steps={n}"));
+    }
+    let opts = DaemonOptions::resolve(&args.run_dir, args.config.as_deref(), &args.env, &set)
+        .with_context(|| format!("cannot start the daemon in {}", args.run_dir.display()))?;
+    if args.print_config {
+        print!("{}", opts.config.to_toml()?);
+        return Ok(());
+    }
+    let daemon = Daemon::start(opts)
+        .with_context(|| format!("cannot start the daemon in {}", args.run_dir.display()))?;
+    if let Some(addr) = daemon.http_addr() {
+        eprintln!("autodidact daemon: http://{addr}/status  (SIGTERM or Ctrl-C stops)");
+    }
+    let report = daemon.run_until_signal()?;
+    let s = &report.status;
+    eprintln!(
+        "stopped after {} steps ({} episodes, {} updates); champion v{}; {} promoted, {} \
+         rejected, {} drift alarms; stop took {:.1} s",
+        s.steps,
+        s.episodes,
+        s.updates,
+        s.champion.version,
+        s.promoted,
+        s.rejected,
+        s.drifts,
+        report.shutdown_s
+    );
+    Ok(())
 }
 
 fn train_command(args: TrainArgs) -> anyhow::Result<()> {
@@ -342,6 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => analysis::run(args)?,
         Command::Train(args) => train_command(args)?,
+        Command::Daemon(args) => daemon_command(args)?,
         Command::Eval {
             checkpoint,
             env,
@@ -423,14 +529,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    // The daemon's log is its record of a long life: info by default, and JSON on request.
+    let (default_level, format) = match &cli.command {
+        Command::Daemon(a) => ("info", a.log_format),
+        _ => ("warn", LogFormat::Human),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    match run(Cli::parse()) {
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -68,6 +68,10 @@ pub struct RunState {
     pub checkpoint: String,
     /// Position of the actor's exploration stream (a u128 as a string).
     pub actor_rng_word_pos: String,
+    /// The daemon's learner state saved at a graceful stop (relative stem), newer than the
+    /// champion; cleared when the daemon starts again, so a crash never resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_checkpoint: Option<String>,
 }
 
 impl RunState {
@@ -93,7 +97,7 @@ impl RunState {
         })
     }
 
-    fn write(&self, run_dir: &Path) -> Result<()> {
+    pub(crate) fn write(&self, run_dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| AgentError::RunDir {
             path: run_dir.join(STATE_FILE),
             reason: e.to_string(),
@@ -105,13 +109,13 @@ impl RunState {
 /// An exclusive advisory lock on `<run-dir>/lock`, held for a whole training session, so two
 /// processes never write one run (both would append episodes and race on the state file). The
 /// kernel drops it when the process dies, even by `kill -9`, so it never goes stale.
-struct RunLock {
+pub(crate) struct RunLock {
     /// Holding the open file is holding the lock.
     _file: std::fs::File,
 }
 
 impl RunLock {
-    fn acquire(run_dir: &Path) -> Result<RunLock> {
+    pub(crate) fn acquire(run_dir: &Path) -> Result<RunLock> {
         use std::os::fd::AsRawFd;
         let path = run_dir.join("lock");
         let file = std::fs::OpenOptions::new()
@@ -135,7 +139,7 @@ impl RunLock {
 
 /// Writes a file by writing a temporary sibling, syncing it and renaming it over the target,
 /// so a crash leaves either the old or the new contents.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = with_suffix(path, ".tmp");
     let mut f = std::fs::File::create(&tmp).map_err(AgentError::io(&tmp))?;
@@ -305,7 +309,7 @@ pub struct Hooks<'a> {
 }
 
 /// Seed of episode `i` of a stream: distinct streams for training and evaluation episodes.
-fn episode_seed(seed: u64, stream: u64, i: u64) -> u64 {
+pub(crate) fn episode_seed(seed: u64, stream: u64, i: u64) -> u64 {
     // splitmix64 of (seed, stream) as the base, so nearby seeds give unrelated episodes.
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -332,7 +336,7 @@ pub fn network_config(config: &TrainConfig, obs_dim: usize, n_actions: usize) ->
 
 /// The learner's own rayon pool, so its parallel kernels never queue behind (or steal the
 /// core of) the actor.
-fn learner_pool(threads: usize) -> Result<rayon::ThreadPool> {
+pub(crate) fn learner_pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("learner-{i}"))
@@ -608,6 +612,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                 model_version: 0,
                 checkpoint: String::new(),
                 actor_rng_word_pos: "0".into(),
+                learner_checkpoint: None,
             };
             (run, Box::new(learner), state)
         }
@@ -970,7 +975,7 @@ fn mean(v: &VecDeque<f64>) -> Option<f64> {
 /// The registry's metrics of a model version. `expert_usage` (share of routed tokens per expert
 /// of the first MoE layer) is what `autodidact replay … experts` charts; it is left out before
 /// the first update, when nothing has been routed yet.
-fn checkpoint_metrics(state: &RunState, m: &LearnerMetrics) -> serde_json::Value {
+pub(crate) fn checkpoint_metrics(state: &RunState, m: &LearnerMetrics) -> serde_json::Value {
     let mut v = serde_json::json!({
         "env_steps": state.steps,
         "episodes": state.episodes,

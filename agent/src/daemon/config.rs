@@ -1,0 +1,390 @@
+//! The daemon's configuration: one TOML file (`agent/daemon.toml` documents every key and its
+//! default; `autodidact daemon --print-config` prints the resolved values). The network, replay
+//! and DQN sections are the ones `train` uses; the daemon adds its own scheduling, the HTTP
+//! endpoint, the evaluation gate, drift detection and the reflection schedule.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use autodidact_core::precision::Precision;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NetworkSection, PrecisionName, ReplaySection};
+use crate::dqn::DqnConfig;
+use crate::drift::{DriftConfig, ReturnDropConfig};
+use crate::error::{AgentError, Result};
+use crate::gate::GateConfig;
+
+/// Everything the daemon needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Environments, actors, scheduling.
+    pub daemon: DaemonSection,
+    /// The status endpoint.
+    pub http: HttpSection,
+    /// The Q-network (its input and output widths come from the environment).
+    pub network: NetworkSection,
+    /// The replay window and retention (bounded by default: the daemon runs for days).
+    pub replay: ReplaySection,
+    /// The learner's hyper-parameters. The daemon keeps the learning rate constant (a learner
+    /// that lives forever has no schedule to finish) and anneals ε over
+    /// `daemon.exploration_steps` instead of `dqn.exploration_fraction`.
+    pub dqn: DqnConfig,
+    /// When a candidate may replace the champion.
+    pub gate: GateConfig,
+    /// Detecting a changed world, and what the daemon does about it.
+    pub drift: DriftSection,
+    /// The schedule of reflection passes (reanalyse and lessons).
+    pub reflection: ReflectionSection,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            daemon: DaemonSection::default(),
+            http: HttpSection::default(),
+            network: NetworkSection::default(),
+            replay: ReplaySection {
+                max_stored_transitions: 1_000_000,
+                ..ReplaySection::default()
+            },
+            dqn: DqnConfig::default(),
+            gate: GateConfig::default(),
+            drift: DriftSection::default(),
+            reflection: ReflectionSection::default(),
+        }
+    }
+}
+
+/// Environments, actors and scheduling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Environment IDs (native, `gym:`, `exec:`, `tcp:`); actor `i` acts in `envs[i % len]`.
+    /// All must share observation and action spaces. `--env` sets a single one.
+    pub envs: Vec<String>,
+    /// Actors, each on its own thread with its own environment instance.
+    pub actors: usize,
+    /// Seed of the network, exploration, sampling and episode resets.
+    pub seed: u64,
+    /// Stop after this many environment steps in total (0 = run until stopped).
+    pub max_steps: u64,
+    /// Environment steps the actors may run ahead of the replay ratio before they wait for
+    /// the learner.
+    pub max_lead_steps: u64,
+    /// After `dqn.learning_starts`, ε falls linearly from `dqn.exploration_initial_eps` to
+    /// `dqn.exploration_final_eps` over this many steps.
+    pub exploration_steps: u64,
+    /// Learner updates between candidates sent to the gate (a candidate is only cut when the
+    /// gate is free, so the gate never queues up).
+    pub candidate_every: u64,
+    /// The learning rate falls linearly from `dqn.lr` to `dqn.lr · dqn.lr_final_ratio` over
+    /// this many updates, and starts again from `dqn.lr` after a drift alarm.
+    pub lr_decay_updates: u64,
+    /// After this many rejections in a row, the learner starts again from the champion
+    /// (weights, target network and optimizer): a learner that diverged would otherwise only
+    /// wander further (0 = never). Only in a settled world: not until the learning rate has
+    /// decayed halfway since the start or the last drift alarm.
+    pub rollback_after: u64,
+    /// Checkpoint files kept besides the champion's: those of the newest this many versions.
+    /// Older files are deleted (their registry rows stay), so the disk use is bounded.
+    pub keep_checkpoints: u64,
+    /// Number format of the weights actors act with (`f32`, `bf16`, `f16`).
+    pub acting_precision: PrecisionName,
+    /// Threads of the learner's pool.
+    pub learner_threads: usize,
+    /// Seconds a graceful stop (SIGTERM, SIGINT) may take before the process exits anyway;
+    /// committed data is safe either way.
+    pub shutdown_timeout_s: f64,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            envs: Vec::new(),
+            actors: 1,
+            seed: 0,
+            max_steps: 0,
+            max_lead_steps: 200,
+            exploration_steps: 10_000,
+            candidate_every: 1_000,
+            lr_decay_updates: 50_000,
+            rollback_after: 5,
+            keep_checkpoints: 20,
+            acting_precision: PrecisionName::F32,
+            learner_threads: 1,
+            shutdown_timeout_s: 15.0,
+        }
+    }
+}
+
+/// The status endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Serve `/healthz`, `/status` and `/metrics`.
+    pub enabled: bool,
+    /// Address to listen on (port 0: any free port; the bound address is written to
+    /// `<run-dir>/http.addr`).
+    pub bind: String,
+    /// Bearer token required on `/status` and `/metrics` (`Authorization: Bearer …`). Required
+    /// when `bind` is not a loopback address. The environment variable
+    /// `AUTODIDACT_HTTP_TOKEN` is used when this is empty.
+    pub token: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            bind: "127.0.0.1:7979".into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// Drift detection and the plasticity raised on drift.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSection {
+    /// A fall in episode returns: the recent window against the reference window before it.
+    pub returns: ReturnDropConfig,
+    /// Page-Hinkley on each observation feature's per-episode mean magnitude (mean |x|),
+    /// which sees a world that shakes harder as well as one that leans.
+    pub observations: DriftConfig,
+    /// Watch observation statistics too (a fall in return is watched always).
+    pub watch_observations: bool,
+    /// On a fall in return, ε jumps to this value …
+    pub boost_epsilon: f32,
+    /// … and decays linearly back to the normal schedule over this many steps.
+    pub boost_steps: u64,
+    /// Also boost exploration when only the observation statistics moved (off by default:
+    /// a policy that improves moves them too).
+    pub boost_on_observations: bool,
+}
+
+impl Default for DriftSection {
+    fn default() -> Self {
+        DriftSection {
+            returns: ReturnDropConfig::default(),
+            observations: DriftConfig {
+                lambda: 100.0,
+                ..DriftConfig::default()
+            },
+            watch_observations: true,
+            boost_epsilon: 0.3,
+            boost_steps: 10_000,
+            boost_on_observations: false,
+        }
+    }
+}
+
+/// The schedule of reflection passes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReflectionSection {
+    /// Seconds between passes (reanalyse, then lessons); 0 = no passes.
+    pub every_s: f64,
+    /// Batches (of `dqn.batch_size`) a reanalyse pass revisits.
+    pub reanalyse_batches: usize,
+    /// Stored transitions a lessons pass routes through the champion.
+    pub lessons_sample: usize,
+}
+
+impl Default for ReflectionSection {
+    fn default() -> Self {
+        ReflectionSection {
+            every_s: 60.0,
+            reanalyse_batches: 64,
+            lessons_sample: 2048,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads a TOML file over the defaults, then applies `key=value` overrides
+    /// (`daemon.actors=2`, `gate.episodes=20`).
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<DaemonConfig> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| AgentError::RunDir {
+                    path: path.to_path_buf(),
+                    reason: format!("not a valid config: {e}"),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for kv in overrides {
+            crate::config::apply_override(&mut value, kv)?;
+        }
+        let cfg: DaemonConfig =
+            toml::Table::try_into(value).map_err(|e| AgentError::Config(format!("{e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML, every key present.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| AgentError::Config(e.to_string()))
+    }
+
+    /// The precision actors act in.
+    pub fn precision(&self) -> Precision {
+        self.daemon.acting_precision.into()
+    }
+
+    /// The HTTP token: `http.token`, else `AUTODIDACT_HTTP_TOKEN`, else none.
+    pub fn http_token(&self) -> Option<String> {
+        if !self.http.token.is_empty() {
+            return Some(self.http.token.clone());
+        }
+        std::env::var("AUTODIDACT_HTTP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Checks ranges that serde cannot, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(AgentError::Config(format!("{key}: {why}")));
+        let d = &self.daemon;
+        if d.actors == 0 || d.actors > 64 {
+            return bad("daemon.actors", "must be between 1 and 64");
+        }
+        if d.envs.iter().any(|e| e.trim().is_empty()) {
+            return bad("daemon.envs", "an environment ID is empty");
+        }
+        if d.candidate_every == 0 {
+            return bad("daemon.candidate_every", "must be at least 1");
+        }
+        if d.keep_checkpoints == 0 {
+            return bad(
+                "daemon.keep_checkpoints",
+                "must be at least 1 (the candidate being judged needs its file)",
+            );
+        }
+        if d.learner_threads == 0 {
+            return bad("daemon.learner_threads", "must be at least 1");
+        }
+        if !(d.shutdown_timeout_s.is_finite() && d.shutdown_timeout_s > 0.0) {
+            return bad(
+                "daemon.shutdown_timeout_s",
+                "must be a positive number of seconds",
+            );
+        }
+        if self.http.enabled {
+            let addr: SocketAddr = match self.http.bind.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    return bad(
+                        "http.bind",
+                        &format!("`{}` is not an address like 127.0.0.1:7979", self.http.bind),
+                    );
+                }
+            };
+            if !addr.ip().is_loopback() && self.http_token().is_none() {
+                return bad(
+                    "http.bind",
+                    &format!(
+                        "{addr} is reachable from other machines: set http.token (or \
+                         AUTODIDACT_HTTP_TOKEN) so only holders of the token can read it"
+                    ),
+                );
+            }
+        }
+        if self.network.d_model == 0 {
+            return bad("network.d_model", "must be at least 1");
+        }
+        if self.replay.capacity < self.dqn.batch_size {
+            return bad(
+                "replay.capacity",
+                "must be at least dqn.batch_size (the window must hold a batch)",
+            );
+        }
+        if self.replay.max_stored_transitions == 0 {
+            return bad(
+                "replay.max_stored_transitions",
+                "the daemon runs indefinitely, so the file needs a bound (default 1000000)",
+            );
+        }
+        if self.replay.max_stored_transitions < self.replay.capacity as u64 {
+            return bad(
+                "replay.max_stored_transitions",
+                "must be at least replay.capacity (the sampling window is rebuilt from the file)",
+            );
+        }
+        let eps = |e: f32| e.is_finite() && (0.0..=1.0).contains(&e);
+        if !eps(self.drift.boost_epsilon) {
+            return bad("drift.boost_epsilon", "must be in [0, 1]");
+        }
+        let r = &self.drift.returns;
+        if r.recent == 0 || r.reference < 2 {
+            return bad(
+                "drift.returns",
+                "recent must be ≥ 1 and reference ≥ 2 episodes",
+            );
+        }
+        if !(r.min_drop.is_finite() && r.min_drop >= 0.0 && r.z.is_finite() && r.z >= 0.0) {
+            return bad("drift.returns", "min_drop and z must be finite and ≥ 0");
+        }
+        let c = &self.drift.observations;
+        if !(c.delta.is_finite() && c.delta >= 0.0 && c.lambda.is_finite() && c.lambda > 0.0) {
+            return bad("drift.observations", "delta must be ≥ 0 and lambda > 0");
+        }
+        if c.warmup < 2 {
+            return bad("drift.observations", "warmup must be at least 2 episodes");
+        }
+        if !(self.reflection.every_s.is_finite() && self.reflection.every_s >= 0.0) {
+            return bad("reflection.every_s", "must be ≥ 0 seconds");
+        }
+        if self.reflection.lessons_sample < 16 {
+            return bad("reflection.lessons_sample", "must be at least 16");
+        }
+        self.gate
+            .validate()
+            .map_err(|e| AgentError::Config(format!("{e}")))?;
+        self.dqn.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_match_the_documented_file() {
+        let cfg = DaemonConfig::default();
+        let back: DaemonConfig = toml::from_str(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.toml");
+        let file = DaemonConfig::load(Some(Path::new(documented)), &[]).unwrap();
+        assert_eq!(file, cfg, "agent/daemon.toml drifted from the code");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (kv, key) in [
+            ("daemon.actors=0", "daemon.actors"),
+            ("daemon.candidate_every=0", "daemon.candidate_every"),
+            ("http.bind=nonsense", "http.bind"),
+            ("http.bind=0.0.0.0:7979", "http.bind"),
+            ("gate.alpha=2", "gate.alpha"),
+            ("drift.boost_epsilon=1.5", "drift.boost_epsilon"),
+            (
+                "replay.max_stored_transitions=0",
+                "replay.max_stored_transitions",
+            ),
+            ("daemon.shutdown_timeout_s=-1", "daemon.shutdown_timeout_s"),
+            ("daemon.nonsense=1", "nonsense"),
+        ] {
+            let err = DaemonConfig::load(None, &[kv.to_string()]).unwrap_err();
+            assert!(err.to_string().contains(key), "{kv}: {err}");
+        }
+        let ok = DaemonConfig::load(
+            None,
+            &["http.bind=0.0.0.0:7979".into(), "http.token=s3cret".into()],
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+}

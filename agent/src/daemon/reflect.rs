@@ -1,0 +1,209 @@
+//! The `lessons` reflection: what changed since the last pass, in figures and one sentence.
+//!
+//! - **Return trend**: the mean of the last 20 training returns against the 20 before.
+//! - **Experts by region**: stored observations are split into regions by the two features
+//!   that vary most (below or above their median), routed through the champion, and each
+//!   region's share of routed tokens per expert of the first MoE layer is recorded in the
+//!   shape `autodidact replay … experts` charts (`experts_by_region`, see replay/SCHEMA.md).
+//! - **Where episodes fail**: the stored transitions that terminated an episode, and the
+//!   feature in which their final observations differ most from all others (in standard
+//!   deviations).
+
+use std::sync::atomic::Ordering;
+
+use autodidact_core::{Tensor, load_checkpoint};
+use autodidact_replay::{NStep, ReplayError, SampleBatch};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use super::{Shared, lock};
+use crate::error::Result;
+
+/// Returns the lessons' data and sentence, or `None` while replay is empty.
+pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
+    let n = shared.cfg.reflection.lessons_sample;
+    let steps = shared.steps.load(Ordering::Relaxed);
+    let version = shared.champion_version.load(Ordering::Relaxed);
+    let mut batch = SampleBatch::with_capacity(n);
+    let mut rng = ChaCha8Rng::seed_from_u64(shared.cfg.daemon.seed ^ steps);
+    match shared
+        .sampler
+        .sample_uniform(&mut rng, n, NStep::one(shared.cfg.dqn.gamma), &mut batch)
+    {
+        Err(ReplayError::Empty) => return Ok(None),
+        r => r?,
+    }
+    let d = batch.obs_len;
+    let rows = batch.len;
+    let row = |buf: &[f32], i: usize| buf[i * d..(i + 1) * d].to_vec();
+
+    // 1. Return trend.
+    let (previous, recent) = {
+        let b = lock(&shared.board);
+        let r: Vec<f64> = b.returns.iter().map(|x| x.1).collect();
+        let mean = |s: &[f64]| (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64);
+        let k = r.len();
+        (
+            mean(&r[k.saturating_sub(40)..k.saturating_sub(20)]),
+            mean(&r[k.saturating_sub(20)..]),
+        )
+    };
+    let trend = match (previous, recent) {
+        (Some(p), Some(r)) if r > p + 0.05 * p.abs().max(1.0) => "rising",
+        (Some(p), Some(r)) if r < p - 0.05 * p.abs().max(1.0) => "falling",
+        (Some(_), Some(_)) => "steady",
+        _ => "too few episodes to tell",
+    };
+
+    // 2. Feature statistics and regions.
+    let mut mean = vec![0f64; d];
+    let mut sq = vec![0f64; d];
+    for i in 0..rows {
+        for (j, &x) in batch.obs[i * d..(i + 1) * d].iter().enumerate() {
+            mean[j] += f64::from(x);
+            sq[j] += f64::from(x) * f64::from(x);
+        }
+    }
+    let std: Vec<f64> = (0..d)
+        .map(|j| {
+            mean[j] /= rows as f64;
+            (sq[j] / rows as f64 - mean[j] * mean[j]).max(0.0).sqrt()
+        })
+        .collect();
+    let mut by_spread: Vec<usize> = (0..d).filter(|&j| std[j] > 1e-9).collect();
+    by_spread.sort_by(|&a, &b| std[b].total_cmp(&std[a]));
+    by_spread.truncate(2);
+    let median = |j: usize| {
+        let mut v: Vec<f32> = (0..rows).map(|i| batch.obs[i * d + j]).collect();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let split: Vec<(usize, f32)> = by_spread.iter().map(|&j| (j, median(j))).collect();
+    let n_regions = 1usize << split.len();
+    let region_of = |o: &[f32]| {
+        split
+            .iter()
+            .fold(0usize, |r, &(j, m)| r * 2 + usize::from(o[j] >= m))
+    };
+    let labels: Vec<String> = (0..n_regions)
+        .map(|r| {
+            if split.is_empty() {
+                return "all".to_string();
+            }
+            split
+                .iter()
+                .enumerate()
+                .map(|(k, &(j, _))| {
+                    let bit = (r >> (split.len() - 1 - k)) & 1;
+                    format!("obs[{j}] {}", if bit == 1 { "high" } else { "low" })
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+
+    // 3. Routing of the champion by region.
+    let champion_file = shared
+        .run_dir
+        .join(lock(&shared.champion_checkpoint).clone());
+    let mut net = load_checkpoint(&champion_file)?.network;
+    let mut x = Tensor::zeros(&[rows, d]);
+    x.data_mut().copy_from_slice(&batch.obs[..rows * d]);
+    net.forward(&x, false)?;
+    let mut experts_by_region = Value::Null;
+    let mut routing_words = String::new();
+    if let Some(layer) = net.moe_layers().next() {
+        let (e, k) = (layer.config().n_experts, layer.config().top_k);
+        let assign = layer.last_assignments();
+        let mut counts = vec![vec![0f64; e]; n_regions];
+        let mut tokens = vec![0usize; n_regions];
+        for i in 0..rows {
+            let r = region_of(&batch.obs[i * d..(i + 1) * d]);
+            tokens[r] += 1;
+            for &a in &assign[i * k..(i + 1) * k] {
+                counts[r][a as usize] += 1.0;
+            }
+        }
+        let usage: Vec<Vec<f64>> = counts
+            .iter()
+            .zip(&tokens)
+            .map(|(c, &t)| c.iter().map(|&x| x / t.max(1) as f64).collect())
+            .collect();
+        let words: Vec<String> = usage
+            .iter()
+            .zip(&labels)
+            .zip(&tokens)
+            .filter(|(_, t)| **t > 0)
+            .map(|((u, l), _)| {
+                let (best, share) = u
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or((0, 0.0), |(i, s)| (i, *s));
+                format!("{l} → expert {best} ({:.0} %)", 100.0 * share / k as f64)
+            })
+            .collect();
+        routing_words = words.join("; ");
+        experts_by_region = json!({"regions": labels, "usage": usage, "tokens": tokens});
+    }
+
+    // 4. Where episodes fail.
+    let failed: Vec<Vec<f32>> = (0..rows)
+        .filter(|&i| batch.discounts[i] == 0.0)
+        .map(|i| row(&batch.next_obs, i))
+        .collect();
+    let mut failure = json!({"sampled": failed.len(), "of": rows});
+    let mut failure_words = format!("none of {rows} sampled transitions ended in failure");
+    if !failed.is_empty() {
+        let fail_mean: Vec<f64> = (0..d)
+            .map(|j| failed.iter().map(|o| f64::from(o[j])).sum::<f64>() / failed.len() as f64)
+            .collect();
+        let z: Vec<f64> = (0..d)
+            .map(|j| {
+                if std[j] > 1e-9 {
+                    (fail_mean[j] - mean[j]) / std[j]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (fj, fz) = z
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .map_or((0, 0.0), |(j, v)| (j, *v));
+        failure["mean_final_obs"] = json!(fail_mean);
+        failure["most_distinct_feature"] = json!(fj);
+        failure["z"] = json!(fz);
+        failure_words = format!(
+            "{} of {rows} sampled transitions ended an episode, their states most unlike the \
+             rest in obs[{fj}] ({}, {:.1} sd from the mean)",
+            failed.len(),
+            if fz >= 0.0 { "high" } else { "low" },
+            fz.abs()
+        );
+    }
+
+    let trend_words = match (previous, recent) {
+        (Some(p), Some(r)) => format!("return {p:.1} → {r:.1} ({trend})"),
+        _ => format!("return trend: {trend}"),
+    };
+    let sentence = format!(
+        "lessons at step {steps} (champion v{version}): {trend_words}; {}{failure_words}",
+        if routing_words.is_empty() {
+            String::new()
+        } else {
+            format!("experts by region: {routing_words}; ")
+        }
+    );
+    let mut data = json!({
+        "steps": steps,
+        "return_trend": {"previous": previous, "recent": recent, "direction": trend},
+        "failures": failure,
+    });
+    if !experts_by_region.is_null() {
+        data["experts_by_region"] = experts_by_region;
+    }
+    Ok(Some((data, sentence)))
+}

@@ -12,7 +12,7 @@
 //! A candidate whose weights hold a NaN or an infinity, or whose training loss diverged, is
 //! rejected before any episode is played.
 //!
-//! This is a building block of the daemon (not yet used by a command).
+//! The daemon (`crate::daemon`) runs it on every candidate.
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};

@@ -77,9 +77,10 @@ pub trait Learner: Send {
     /// Running metrics.
     fn metrics(&self) -> LearnerMetrics;
     /// Revisits `batches` uniformly drawn batches of stored experience with the newest
-    /// weights (in the spirit of MuZero Reanalyse): recomputes their value targets and, with
-    /// prioritized replay, their priorities, so old experience is sampled by what the model
-    /// knows now. `None` for a learner with nothing to reanalyse.
+    /// weights (in the spirit of MuZero Reanalyse): recomputes their value targets (reported;
+    /// every update recomputes targets anyway) and, with prioritized replay, stores their new
+    /// priorities, so old experience is sampled by what the model knows now. `None` for a
+    /// learner with nothing to reanalyse.
     fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {
         let _ = batches;
         Ok(None)

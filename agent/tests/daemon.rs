@@ -674,6 +674,31 @@ fn a_token_guards_status_and_metrics() {
         200
     );
     daemon.shutdown().unwrap();
+    // The token is a secret: it is not written to the run directory.
+    let saved = std::fs::read_to_string(dir.path().join("run/daemon.toml")).unwrap();
+    assert!(!saved.contains("open-sesame"), "{saved}");
+}
+
+#[test]
+fn learning_goes_on_without_reflection_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.daemon.envs = vec!["cartpole".into()];
+    cfg.reflection.every_s = 0.0;
+    let daemon = Daemon::start(DaemonOptions {
+        config: cfg,
+        run_dir: dir.path().join("run"),
+        env_factory: None,
+    })
+    .unwrap();
+    let s = wait(
+        &daemon,
+        "updates and a gate decision",
+        Duration::from_secs(240),
+        |s| s.updates > 500 && s.promoted + s.rejected >= 1,
+    );
+    assert!(!s.reflections_by_kind.contains_key("lessons"));
+    daemon.shutdown().unwrap();
 }
 
 fn has_python_module(module: &str) -> bool {

@@ -607,6 +607,16 @@ impl ReplayStore {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Deletes all but the newest `keep` reflections (a long-lived writer's bound on the
+    /// table); returns how many were deleted.
+    pub fn trim_reflections(&self, keep: u64) -> Result<usize> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(self.conn.execute(
+            "DELETE FROM reflections WHERE id <= (SELECT max(id) FROM reflections) - ?1",
+            [keep],
+        )?)
+    }
+
     /// The newest `limit` reflections, newest first, optionally of one kind only.
     pub fn reflections(&self, kind: Option<&str>, limit: usize) -> Result<Vec<Reflection>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -27,9 +27,11 @@ pub struct DaemonConfig {
     pub network: NetworkSection,
     /// The replay window and retention (bounded by default: the daemon runs for days).
     pub replay: ReplaySection,
-    /// The learner's hyper-parameters. The daemon keeps the learning rate constant (a learner
-    /// that lives forever has no schedule to finish) and anneals ε over
-    /// `daemon.exploration_steps` instead of `dqn.exploration_fraction`.
+    /// The learner's hyper-parameters. The daemon decays the learning rate over
+    /// `daemon.lr_decay_updates` (and starts it again after a drift) instead of over a run's
+    /// length, anneals ε over `daemon.exploration_steps` instead of `dqn.exploration_fraction`,
+    /// and keeps prioritized replay's β at `dqn.per_beta0` (a run without end has no point to
+    /// anneal it to).
     pub dqn: DqnConfig,
     /// When a candidate may replace the champion.
     pub gate: GateConfig,
@@ -190,6 +192,8 @@ pub struct ReflectionSection {
     pub reanalyse_batches: usize,
     /// Stored transitions a lessons pass routes through the champion.
     pub lessons_sample: usize,
+    /// The replay file keeps the newest this many reflections (each pass trims the rest).
+    pub keep_reflections: u64,
 }
 
 impl Default for ReflectionSection {
@@ -198,6 +202,7 @@ impl Default for ReflectionSection {
             every_s: 60.0,
             reanalyse_batches: 64,
             lessons_sample: 2048,
+            keep_reflections: 200_000,
         }
     }
 }
@@ -228,6 +233,15 @@ impl DaemonConfig {
     /// The config as TOML, every key present.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| AgentError::Config(e.to_string()))
+    }
+
+    /// The configuration as written to the run directory and the replay file: everything but
+    /// the HTTP token, which is a secret (give it at every start, or in
+    /// `AUTODIDACT_HTTP_TOKEN`).
+    pub fn persisted(&self) -> DaemonConfig {
+        let mut c = self.clone();
+        c.http.token.clear();
+        c
     }
 
     /// The precision actors act in.
@@ -267,10 +281,10 @@ impl DaemonConfig {
         if d.learner_threads == 0 {
             return bad("daemon.learner_threads", "must be at least 1");
         }
-        if !(d.shutdown_timeout_s.is_finite() && d.shutdown_timeout_s > 0.0) {
+        if !(d.shutdown_timeout_s > 0.0 && d.shutdown_timeout_s <= 3600.0) {
             return bad(
                 "daemon.shutdown_timeout_s",
-                "must be a positive number of seconds",
+                "must be more than 0 and at most 3600 seconds",
             );
         }
         if self.http.enabled {
@@ -335,8 +349,12 @@ impl DaemonConfig {
         if c.warmup < 2 {
             return bad("drift.observations", "warmup must be at least 2 episodes");
         }
-        if !(self.reflection.every_s.is_finite() && self.reflection.every_s >= 0.0) {
-            return bad("reflection.every_s", "must be ≥ 0 seconds");
+        let every = self.reflection.every_s;
+        if !(every == 0.0 || (0.1..=86_400.0).contains(&every)) {
+            return bad(
+                "reflection.every_s",
+                "must be 0 (no passes) or between 0.1 and 86400 seconds",
+            );
         }
         if self.reflection.lessons_sample < 16 {
             return bad("reflection.lessons_sample", "must be at least 16");
@@ -376,6 +394,12 @@ mod tests {
                 "replay.max_stored_transitions",
             ),
             ("daemon.shutdown_timeout_s=-1", "daemon.shutdown_timeout_s"),
+            (
+                "daemon.shutdown_timeout_s=1e20",
+                "daemon.shutdown_timeout_s",
+            ),
+            ("reflection.every_s=1e-12", "reflection.every_s"),
+            ("reflection.every_s=1e20", "reflection.every_s"),
             ("daemon.nonsense=1", "nonsense"),
         ] {
             let err = DaemonConfig::load(None, &[kv.to_string()]).unwrap_err();

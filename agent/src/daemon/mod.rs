@@ -52,7 +52,7 @@ pub mod status;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,12 @@ pub(crate) struct Shared {
     rejections_in_row: AtomicU64,
     /// Set by the gate: the learner should start again from the champion.
     rollback: AtomicBool,
+    /// The best mean return a champion showed at the gate since the start or the last drift.
+    best_level: Mutex<Option<f64>>,
+    /// Versions below this have had their checkpoint files pruned (or kept as champion).
+    prune_floor: AtomicI64,
+    /// A champion just demoted by a promotion (0 = none), for the pruner.
+    demoted: AtomicI64,
     detectors: Mutex<Detectors>,
     obs_dim: usize,
     run_id: i64,
@@ -335,6 +341,7 @@ impl Shared {
         let drift = &self.cfg.drift;
         if let Some(a) = ret_alarm {
             self.boosted_at.store(steps, Ordering::Relaxed);
+            *lock(&self.best_level) = None;
             self.lr_reset_at
                 .store(self.updates.load(Ordering::Relaxed), Ordering::Relaxed);
             lock(&self.board).drifts += 1;
@@ -514,6 +521,12 @@ impl Shared {
         let mut snapshot = None;
         let report = match load_checkpoint(&self.run_dir.join(&c.checkpoint)) {
             Err(e) => GateReport::rejected_outright(format!("its checkpoint cannot be read: {e}")),
+            Ok(loaded) if loaded.network.config() != champion.snapshot.config() => {
+                GateReport::rejected_outright(
+                    "its network's shape differs from the champion's (another environment or \
+                     network config)",
+                )
+            }
             Ok(loaded) => {
                 let mut params = Vec::new();
                 loaded
@@ -538,7 +551,29 @@ impl Shared {
                             champ.push(evaluate(env, &champion.snapshot, 1, seed)?.mean);
                         }
                         snapshot = Some(snap);
-                        compare(&cand, &champ, gate)?
+                        let mut r = compare(&cand, &champ, gate)?;
+                        // Non-inferiority alone would let a chain of promotions each lose up to
+                        // a margin: the candidate must also stay within one margin of the best
+                        // level a champion showed since the start or the last drift.
+                        let mut best = lock(&self.best_level);
+                        let floor = best.map(|b| b - r.margin);
+                        if r.promote && floor.is_some_and(|f| r.candidate_mean < f) {
+                            r.promote = false;
+                            r.reason = format!(
+                                "{}; but {:.1} is more than the margin below the best champion \
+                                 level since the last drift, {:.1}",
+                                r.reason,
+                                r.candidate_mean,
+                                best.unwrap_or(f64::NAN)
+                            );
+                        }
+                        let seen = if r.promote {
+                            r.champion_mean.max(r.candidate_mean)
+                        } else {
+                            r.champion_mean
+                        };
+                        *best = Some(best.map_or(seen, |b| b.max(seen)));
+                        r
                     }
                 }
             }
@@ -586,6 +621,7 @@ impl Shared {
             }
         }
         if let (true, Some(snap)) = (report.promote, snapshot) {
+            self.demoted.store(champion_version, Ordering::SeqCst);
             self.champion.publish(snap);
             self.champion_version.store(c.version, Ordering::SeqCst);
             *lock(&self.champion_checkpoint) = c.checkpoint.clone();
@@ -598,26 +634,42 @@ impl Shared {
         self.prune_checkpoints(c.version)
     }
 
-    /// Deletes the files of the version that just fell out of the newest
-    /// `daemon.keep_checkpoints` (unless it is the champion), so disk use stays bounded; its
-    /// registry row stays, with the checksum of what it was.
+    /// Deletes the checkpoint files of every version older than the newest
+    /// `daemon.keep_checkpoints` except the champion's, so disk use stays bounded; registry rows
+    /// stay, with the checksum of what was there. Versions below `prune_floor` are done, so each
+    /// call looks only at what fell out of the window since the last one (plus a champion that
+    /// was demoted after its turn).
     fn prune_checkpoints(&self, newest: i64) -> Result<()> {
-        let old = newest - self.cfg.daemon.keep_checkpoints as i64;
-        if old < 1 {
-            return Ok(());
+        let upto = newest - self.cfg.daemon.keep_checkpoints as i64;
+        let floor = self.prune_floor.load(Ordering::SeqCst);
+        let demoted = self.demoted.swap(0, Ordering::SeqCst);
+        let mut versions: Vec<i64> = (floor.max(1)..=upto).collect();
+        if demoted > 0 && demoted < floor {
+            versions.push(demoted);
         }
-        let model = match lock(&self.store).model(old) {
-            Ok(m) => m,
-            Err(autodidact_replay::ReplayError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if model.status == ModelStatus::Champion {
-            return Ok(());
+        for v in versions {
+            let model = match lock(&self.store).model(v) {
+                Ok(m) => m,
+                Err(autodidact_replay::ReplayError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if model.status == ModelStatus::Champion {
+                continue;
+            }
+            self.remove_checkpoint_files(&model.checkpoint_path)?;
         }
-        let main = self.run_dir.join(&model.checkpoint_path);
-        let stem = model.checkpoint_path.trim_end_matches(".safetensors");
-        let target = self.run_dir.join(format!("{stem}.target.safetensors"));
-        for f in [main, target] {
+        if upto >= floor {
+            self.prune_floor.store(upto + 1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn remove_checkpoint_files(&self, rel: &str) -> Result<()> {
+        let stem = rel.trim_end_matches(".safetensors");
+        for f in [
+            self.run_dir.join(format!("{stem}.safetensors")),
+            self.run_dir.join(format!("{stem}.target.safetensors")),
+        ] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -770,14 +822,9 @@ fn learner_loop(
         if shared.stopping() {
             return Ok(learner);
         }
-        loop {
-            match requests.try_recv() {
-                Ok(LearnerRequest::Reanalyse { batches, reply }) => {
-                    let _ = reply.send(learner.reanalyse(batches));
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ok(learner),
-            }
+        // Empty or disconnected (no reflection schedule) alike: no request to serve now.
+        while let Ok(LearnerRequest::Reanalyse { batches, reply }) = requests.try_recv() {
+            let _ = reply.send(learner.reanalyse(batches));
         }
         if shared.rollback.swap(false, Ordering::SeqCst) {
             let stem = lock(&shared.champion_checkpoint)
@@ -808,6 +855,9 @@ fn learner_loop(
         since_publish += 1;
         if since_publish >= publish_every {
             since_publish = 0;
+            if let Some(stats) = &shared.obs_stats {
+                learner.set_obs_stats(&lock(stats).clone());
+            }
             lock(&shared.board).learner = learner.metrics();
         }
         if since_candidate >= candidate_every && !shared.gate_busy.load(Ordering::SeqCst) {
@@ -842,6 +892,19 @@ fn gate_loop(
     })();
     let _ = env.close();
     r
+}
+
+/// Reports a panic of a blocking task as a failure, so the rest of the daemon stops instead of
+/// waiting on a part that is gone.
+struct FailOnPanic(Arc<Shared>, &'static str);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.gate_busy.store(false, Ordering::SeqCst);
+            self.0.fail(self.1, &AgentError::Panicked(self.1));
+        }
+    }
 }
 
 /// One reflection pass: reanalyse, then lessons.
@@ -880,13 +943,17 @@ fn reflection_pass(shared: &Shared, learner: &Sender<LearnerRequest>) -> Result<
         let version = shared.champion_version.load(Ordering::Relaxed);
         shared.reflect("lessons", Some(version), data, sentence)?;
     }
+    lock(&shared.store).trim_reflections(shared.cfg.reflection.keep_reflections)?;
     Ok(())
 }
 
 /// A running daemon. [`Daemon::run_until_signal`] is how the binary uses it; tests drive it
 /// with [`Daemon::status`], [`Daemon::submit_candidate`] and [`Daemon::shutdown`].
 pub struct Daemon {
-    rt: tokio::runtime::Runtime,
+    /// `Some` until the daemon is shut down (or dropped).
+    rt: Option<tokio::runtime::Runtime>,
+    /// Kept so the learner's request channel never disconnects while the daemon lives.
+    _learner_tx: Sender<LearnerRequest>,
     shared: Arc<Shared>,
     writer: Option<WriterHandle>,
     actors: Vec<tokio::task::JoinHandle<Result<()>>>,
@@ -898,6 +965,23 @@ pub struct Daemon {
     http_task: Option<tokio::task::JoinHandle<()>>,
     reflect_task: Option<tokio::task::JoinHandle<()>>,
     _lock: RunLock,
+}
+
+impl Drop for Daemon {
+    /// A daemon dropped without [`Daemon::shutdown`] (an early error, a panic) still stops its
+    /// parts and never waits for ever on one stuck in an environment call.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.limiter.stop();
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs_f64(
+                self.shared.cfg.daemon.shutdown_timeout_s,
+            ));
+        }
+    }
 }
 
 impl Daemon {
@@ -986,6 +1070,15 @@ impl Daemon {
         std::fs::create_dir_all(run_dir.join("checkpoints"))
             .map_err(AgentError::io(run_dir.join("checkpoints")))?;
         let run_lock = RunLock::acquire(&run_dir)?;
+        let fresh = !run_dir.join(STATE_FILE).exists();
+        if fresh {
+            // Before the replay file: a crash in between must leave a directory that the next
+            // start recognises as this daemon's, not as a `train` run.
+            write_atomic(
+                &run_dir.join(DAEMON_CONFIG_FILE),
+                cfg.persisted().to_toml()?.as_bytes(),
+            )?;
+        }
         let store = ReplayStore::open(
             run_dir.join(REPLAY_FILE),
             StoreOptions {
@@ -1004,12 +1097,12 @@ impl Daemon {
                 ..StoreOptions::default()
             },
         )?;
-        // A lifelong learner keeps its learning rate: the "planned" horizon is never reached.
+        // The learner's own schedule never advances (its horizon is never reached): the
+        // daemon sets the learning rate itself (`daemon.lr_decay_updates`), and β stays at
+        // `dqn.per_beta0`.
         let planned = u64::MAX / 4;
         let precision = cfg.precision();
-        let fresh = !run_dir.join(STATE_FILE).exists();
         let (run, learner, champion_rel, champion_version, steps, episodes) = if fresh {
-            write_atomic(&run_dir.join(DAEMON_CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
             let existing = store.snapshot()?.runs()?.into_iter().next();
             let run = match existing {
                 // A crash between creating the run and the first state file.
@@ -1021,7 +1114,7 @@ impl Daemon {
                     action_space: ActionSpace::Discrete {
                         n: n_actions as i64,
                     },
-                    config: serde_json::json!({"daemon": cfg}),
+                    config: serde_json::json!({"daemon": cfg.persisted()}),
                     code_version: env!("CARGO_PKG_VERSION").into(),
                 })?,
             };
@@ -1171,6 +1264,9 @@ impl Daemon {
             lr_reset_at: AtomicU64::new(0),
             rejections_in_row: AtomicU64::new(0),
             rollback: AtomicBool::new(false),
+            best_level: Mutex::new(None),
+            prune_floor: AtomicI64::new(1),
+            demoted: AtomicI64::new(0),
             detectors: Mutex::new(Detectors {
                 returns: ReturnDrop::new(cfg.drift.returns),
                 obs: ObsDrift::new(obs_dim, cfg.drift.observations),
@@ -1206,6 +1302,7 @@ impl Daemon {
         let learner_task = {
             let (s, tx) = (shared.clone(), gate_tx.clone());
             rt.spawn_blocking(move || {
+                let _guard = FailOnPanic(s.clone(), "learner");
                 let r = pool.install(|| learner_loop(s.clone(), learner, learner_rx, tx, reload));
                 if let Err(e) = &r {
                     s.fail("the learner", e);
@@ -1216,6 +1313,7 @@ impl Daemon {
         let gate_task = {
             let s = shared.clone();
             rt.spawn_blocking(move || {
+                let _guard = FailOnPanic(s.clone(), "gate");
                 let r = gate_loop(s.clone(), gate_rx, gate_env);
                 if let Err(e) = &r {
                     s.fail("the gate", e);
@@ -1235,6 +1333,7 @@ impl Daemon {
             );
             let s = shared.clone();
             actors.push(rt.spawn_blocking(move || {
+                let _guard = FailOnPanic(s.clone(), "actor");
                 let r = actor_loop(s.clone(), i, env, actor);
                 if let Err(e) = &r {
                     s.fail(&format!("actor {i}"), e);
@@ -1244,6 +1343,7 @@ impl Daemon {
         }
         shared.acting.store(true, Ordering::SeqCst);
 
+        let keep_learner_tx = learner_tx.clone();
         let reflect_task = (cfg.reflection.every_s > 0.0).then(|| {
             let s = shared.clone();
             let every = Duration::from_secs_f64(cfg.reflection.every_s);
@@ -1256,23 +1356,19 @@ impl Daemon {
                         return;
                     }
                     let (s2, tx) = (s.clone(), learner_tx.clone());
+                    // A failed pass is logged, not fatal: acting and learning do not need it.
                     match tokio::task::spawn_blocking(move || reflection_pass(&s2, &tx)).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            s.fail("a reflection pass", &e);
-                            return;
-                        }
-                        Err(_) => {
-                            s.fail("a reflection pass", &AgentError::Panicked("reflection"));
-                            return;
-                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "a reflection pass failed"),
+                        Err(e) => tracing::error!(error = %e, "a reflection pass panicked"),
                     }
                 }
             })
         });
 
         let mut daemon = Daemon {
-            rt,
+            rt: Some(rt),
+            _learner_tx: keep_learner_tx,
             shared,
             writer: Some(writer),
             actors,
@@ -1305,8 +1401,8 @@ impl Daemon {
 
     fn start_http(&mut self) -> Result<()> {
         let bind = self.shared.cfg.http.bind.clone();
-        let listener = self
-            .rt
+        let rt = self.rt.as_ref().ok_or(AgentError::Panicked("runtime"))?;
+        let listener = rt
             .block_on(tokio::net::TcpListener::bind(&bind))
             .map_err(|e| {
                 AgentError::Config(format!(
@@ -1321,7 +1417,7 @@ impl Daemon {
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (s, token) = (self.shared.clone(), self.shared.cfg.http_token());
-        self.http_task = Some(self.rt.spawn(async move {
+        self.http_task = Some(rt.spawn(async move {
             let stop = async move {
                 let _ = rx.await;
             };
@@ -1359,7 +1455,33 @@ impl Daemon {
         let next = store.latest_model()?.map_or(1, |m| m.version + 1);
         let stem = format!("checkpoints/v{next:05}-submitted");
         let dest = self.shared.run_dir.join(format!("{stem}.safetensors"));
-        std::fs::copy(checkpoint, &dest).map_err(AgentError::io(checkpoint))?;
+        match load_checkpoint(checkpoint) {
+            // Saved again in the learner's layout (a target network, fresh optimizer and
+            // counters), so that if it becomes champion a rollback or a restart can learn on
+            // from it like from any other.
+            Ok(loaded) => {
+                let extra = std::collections::BTreeMap::from([
+                    ("learner".to_string(), "dqn".to_string()),
+                    ("dqn_updates".to_string(), "0".to_string()),
+                    ("dqn_rng_word_pos".to_string(), "0".to_string()),
+                ]);
+                let target = self
+                    .shared
+                    .run_dir
+                    .join(format!("{stem}.target.safetensors"));
+                autodidact_core::save_checkpoint(
+                    &target,
+                    &loaded.network,
+                    None,
+                    &Default::default(),
+                )?;
+                autodidact_core::save_checkpoint(&dest, &loaded.network, None, &extra)?;
+            }
+            // Unreadable: the gate rejects it outright, saying why.
+            Err(_) => {
+                std::fs::copy(checkpoint, &dest).map_err(AgentError::io(checkpoint))?;
+            }
+        }
         let version = self.shared.register_candidate(
             &store,
             &stem,
@@ -1381,7 +1503,8 @@ impl Daemon {
     /// gracefully. A failure is returned as the error after the graceful stop.
     pub fn run_until_signal(self) -> Result<DaemonReport> {
         let shared = self.shared.clone();
-        let waited: Result<()> = self.rt.block_on(async move {
+        let rt = self.rt.as_ref().ok_or(AgentError::Panicked("runtime"))?;
+        let waited: Result<()> = rt.block_on(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let sig = |k| {
                 signal(k).map_err(|e| AgentError::Io {
@@ -1396,6 +1519,15 @@ impl Daemon {
                 _ = int.recv() => tracing::info!("SIGINT: stopping"),
                 _ = shared.done.notified() => {}
             }
+            // A second signal while stopping means "now": what is committed is safe.
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("signalled twice: exiting without waiting for the graceful stop");
+                std::process::exit(130);
+            });
             Ok(())
         });
         waited?;
@@ -1413,7 +1545,8 @@ impl Daemon {
         shared.limiter.stop();
         let actors = std::mem::take(&mut self.actors);
         let (learner, gate) = (self.learner.take(), self.gate.take());
-        let joined = self.rt.block_on(async {
+        let rt = self.rt.take().ok_or(AgentError::Panicked("runtime"))?;
+        let joined = rt.block_on(async {
             tokio::time::timeout(deadline, async {
                 let mut first_err = None;
                 for a in actors {
@@ -1481,10 +1614,15 @@ impl Daemon {
             t.abort();
         }
         if let Some(t) = self.http_task.take() {
-            let _ = self
-                .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(2), t).await });
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), t).await });
         }
+        // A blocking task stuck in an environment call would hold a plain runtime drop for
+        // ever: wait only for what is left of the bound.
+        rt.shutdown_timeout(
+            deadline
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_millis(100)),
+        );
         let _ = std::fs::remove_file(shared.run_dir.join(HTTP_ADDR_FILE));
         let status = shared.status()?;
         if let Some(f) = lock(&shared.failure).clone() {

@@ -107,7 +107,12 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
     let champion_file = shared
         .run_dir
         .join(lock(&shared.champion_checkpoint).clone());
-    let mut net = load_checkpoint(&champion_file)?.network;
+    // The champion may have been replaced (and its file pruned) since: then routing waits for
+    // the next pass.
+    let Ok(loaded) = load_checkpoint(&champion_file) else {
+        return Ok(None);
+    };
+    let mut net = loaded.network;
     let mut x = Tensor::zeros(&[rows, d]);
     x.data_mut().copy_from_slice(&batch.obs[..rows * d]);
     net.forward(&x, false)?;
@@ -149,8 +154,10 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
     }
 
     // 4. Where episodes fail.
+    // With γ > 0, a one-step discount of 0 marks a terminated episode.
+    let gamma_ok = shared.cfg.dqn.gamma > 0.0;
     let failed: Vec<Vec<f32>> = (0..rows)
-        .filter(|&i| batch.discounts[i] == 0.0)
+        .filter(|&i| gamma_ok && batch.discounts[i] == 0.0)
         .map(|i| row(&batch.next_obs, i))
         .collect();
     let mut failure = json!({"sampled": failed.len(), "of": rows});

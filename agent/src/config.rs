@@ -7,10 +7,15 @@
 
 use std::path::Path;
 
-use autodidact_core::BlockConfig;
 use autodidact_core::precision::Precision;
+use autodidact_core::{BlockConfig, HeadConfig, NetworkConfig};
+use autodidact_replay::Durability;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{
+    self, MAX_BLOCKS, MAX_EPISODE_STEPS, MAX_EPISODES, MAX_EXPERTS, MAX_LEAD_STEPS,
+    MAX_REPLAY_CAPACITY, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
+};
 use crate::dqn::DqnConfig;
 use crate::error::{AgentError, Result};
 
@@ -149,6 +154,35 @@ pub struct ReplaySection {
     pub capacity: usize,
     /// Keep at most this many transitions in the file (0 = keep everything).
     pub max_stored_transitions: u64,
+    /// An episode that reaches this many steps without ending is cut as truncated and
+    /// committed (the environment is reset): a world that never ends still reaches the
+    /// learner, and an actor's memory stays bounded whatever the environment does.
+    pub max_episode_steps: u64,
+    /// What a commit of episodes promises (see [`DurabilityName`]).
+    pub durability: DurabilityName,
+}
+
+/// Serde name of the replay store's [`Durability`]: what survives what.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityName {
+    /// Committed episodes survive a crash of the process (`kill -9`); the last second or so
+    /// of them may be lost on a power loss or an OS crash (SQLite `synchronous=NORMAL` in WAL
+    /// mode). Model versions and promotions are synced on every commit either way.
+    #[default]
+    Normal,
+    /// Every commit is synced to the disk before it is acknowledged: committed episodes
+    /// survive a power loss too, at the cost of one sync per batch (`synchronous=FULL`).
+    Full,
+}
+
+impl From<DurabilityName> for Durability {
+    fn from(d: DurabilityName) -> Durability {
+        match d {
+            DurabilityName::Normal => Durability::Normal,
+            DurabilityName::Full => Durability::Full,
+        }
+    }
 }
 
 impl Default for ReplaySection {
@@ -156,6 +190,8 @@ impl Default for ReplaySection {
         ReplaySection {
             capacity: 100_000,
             max_stored_transitions: 0,
+            max_episode_steps: 10_000,
+            durability: DurabilityName::Normal,
         }
     }
 }
@@ -188,28 +224,111 @@ impl TrainConfig {
         toml::to_string_pretty(self).map_err(|e| AgentError::Config(e.to_string()))
     }
 
-    /// Checks ranges that serde cannot, naming the key.
+    /// Checks every value against its documented range (see [`crate::bounds`]), naming the
+    /// key, so nothing absurd reaches an allocation or a run directory.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: &str| Err(AgentError::Config(format!("{key}: {why}")));
-        if self.run.steps == 0 {
-            return bad("run.steps", "must be at least 1");
-        }
-        if self.run.checkpoint_every == 0 {
-            return bad("run.checkpoint_every", "must be at least 1");
-        }
-        if self.run.eval_episodes == 0 {
-            return bad("run.eval_episodes", "must be at least 1");
-        }
-        if self.network.d_model == 0 {
-            return bad("network.d_model", "must be at least 1");
-        }
-        if self.replay.capacity < self.dqn.batch_size {
-            return bad(
-                "replay.capacity",
-                "must be at least dqn.batch_size (the window must hold a batch)",
-            );
-        }
+        self.run.validate()?;
+        self.network.validate()?;
+        self.replay.validate(self.dqn.batch_size)?;
         self.dqn.validate()
+    }
+}
+
+impl RunConfig {
+    /// Checks the `[run]` keys against their ranges.
+    pub fn validate(&self) -> Result<()> {
+        bounds::int("run.steps", self.steps, 1, MAX_STEPS)?;
+        bounds::int("run.checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)?;
+        bounds::int("run.eval_every", self.eval_every, 0, MAX_STEPS)?;
+        bounds::size("run.eval_episodes", self.eval_episodes, 1, MAX_EPISODES)?;
+        bounds::int("run.max_lead_steps", self.max_lead_steps, 0, MAX_LEAD_STEPS)?;
+        bounds::size("run.learner_threads", self.learner_threads, 0, MAX_THREADS)
+    }
+}
+
+impl NetworkSection {
+    /// Checks the `[network]` keys against their ranges, then lets the core check the network
+    /// they describe as a whole (its parameter count, with checked arithmetic) for the smallest
+    /// world: an environment's widths are checked again when it is known.
+    pub fn validate(&self) -> Result<()> {
+        bounds::size("network.d_model", self.d_model, 1, MAX_WIDTH)?;
+        bounds::size("network.blocks", self.blocks.len(), 0, MAX_BLOCKS)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let key = |k: &str| format!("network.blocks[{i}].{k}");
+            match *b {
+                BlockConfig::Dense { d_hidden } => {
+                    bounds::size(&key("d_hidden"), d_hidden, 1, MAX_WIDTH)?;
+                }
+                BlockConfig::Moe {
+                    d_hidden,
+                    n_experts,
+                    top_k,
+                    capacity_factor,
+                    router_noise_std,
+                    aux_loss_coef,
+                    z_loss_coef,
+                    ..
+                } => {
+                    bounds::size(&key("d_hidden"), d_hidden, 1, MAX_WIDTH)?;
+                    bounds::size(&key("n_experts"), n_experts, 1, MAX_EXPERTS)?;
+                    bounds::size(&key("top_k"), top_k, 1, n_experts as u64)?;
+                    if let Some(c) = capacity_factor {
+                        bounds::real(&key("capacity_factor"), c.into(), 0.01, 1_000.0)?;
+                    }
+                    bounds::real(
+                        &key("router_noise_std"),
+                        router_noise_std.into(),
+                        0.0,
+                        100.0,
+                    )?;
+                    bounds::real(&key("aux_loss_coef"), aux_loss_coef.into(), 0.0, 1_000.0)?;
+                    bounds::real(&key("z_loss_coef"), z_loss_coef.into(), 0.0, 1_000.0)?;
+                }
+            }
+        }
+        bounds::real("network.obs_clip", self.obs_clip.into(), 1e-3, 1e6)?;
+        self.build(1, HeadConfig::DuelingQ { n_actions: 1 })
+            .validate()
+            .map_err(|e| AgentError::Config(format!("network: {e}")))
+    }
+
+    /// The core network config for an environment's input width and a head.
+    pub fn build(&self, obs_dim: usize, head: HeadConfig) -> NetworkConfig {
+        NetworkConfig {
+            obs_dim,
+            d_model: self.d_model,
+            blocks: self.blocks.clone(),
+            head,
+            normalize_obs: self.normalize_obs,
+            obs_clip: self.obs_clip,
+        }
+    }
+}
+
+impl ReplaySection {
+    /// Checks the `[replay]` keys against their ranges; the window must hold a batch.
+    pub fn validate(&self, batch_size: usize) -> Result<()> {
+        bounds::size(
+            "replay.capacity",
+            self.capacity,
+            batch_size.max(1) as u64,
+            MAX_REPLAY_CAPACITY,
+        )
+        .map_err(|e| AgentError::Config(format!("{e} (the window must hold a dqn.batch_size)")))?;
+        bounds::int(
+            "replay.max_stored_transitions",
+            self.max_stored_transitions,
+            0,
+            MAX_STEPS,
+        )?;
+        // A longer episode could never be sampled: the window is rebuilt from whole episodes.
+        bounds::int(
+            "replay.max_episode_steps",
+            self.max_episode_steps,
+            1,
+            (self.capacity as u64).min(MAX_EPISODE_STEPS),
+        )
+        .map_err(|e| AgentError::Config(format!("{e} (an episode must fit replay.capacity)")))
     }
 }
 

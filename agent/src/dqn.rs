@@ -180,7 +180,27 @@ impl DqnConfig {
                 "dqn.adam_eps must be positive and dqn.weight_decay ≥ 0".into(),
             ));
         }
-        Ok(())
+        // Upper ends: the documented ranges of `crate::bounds`, so no absurd value reaches an
+        // allocation (batch buffers, n-step lookups) or an overflowing schedule.
+        use crate::bounds::{self, MAX_BATCH, MAX_STEPS};
+        bounds::size("dqn.n_step", self.n_step, 1, 1_000)?;
+        bounds::size("dqn.batch_size", self.batch_size, 1, MAX_BATCH)?;
+        bounds::real("dqn.lr", self.lr.into(), 1e-12, 10.0)?;
+        bounds::real("dqn.adam_eps", self.adam_eps.into(), 1e-30, 1.0)?;
+        bounds::real("dqn.weight_decay", self.weight_decay.into(), 0.0, 100.0)?;
+        bounds::real("dqn.max_grad_norm", self.max_grad_norm.into(), 1e-12, 1e12)?;
+        bounds::real("dqn.huber_delta", self.huber_delta.into(), 1e-12, 1e12)?;
+        bounds::real("dqn.per_eps", self.per_eps.into(), 1e-12, 1e6)?;
+        bounds::real("dqn.per_alpha", self.per_alpha, 0.0, 10.0)?;
+        bounds::real("dqn.replay_ratio", self.replay_ratio, 1e-6, 1_000.0)?;
+        bounds::int("dqn.learning_starts", self.learning_starts, 0, MAX_STEPS)?;
+        bounds::int(
+            "dqn.target_update_interval",
+            self.target_update_interval,
+            1,
+            MAX_STEPS,
+        )?;
+        bounds::int("dqn.publish_every", self.publish_every, 1, MAX_STEPS)
     }
 
     /// ε after `steps` of a `total`-step run: linear from the initial to the final value over

@@ -47,17 +47,10 @@ impl Default for GateConfig {
 impl GateConfig {
     /// Checks ranges, naming the key.
     pub fn validate(&self) -> Result<()> {
-        if self.episodes < 2 {
-            return Err(AgentError::Config(
-                "gate.episodes must be at least 2".into(),
-            ));
-        }
-        let ok = |m: f64| m.is_finite() && m >= 0.0;
-        if !(ok(self.margin_rel) && ok(self.margin_abs)) {
-            return Err(AgentError::Config(
-                "gate.margin_rel and gate.margin_abs must be finite and ≥ 0".into(),
-            ));
-        }
+        // A t-test needs two pairs; the upper end keeps one judgement finite.
+        crate::bounds::size("gate.episodes", self.episodes, 2, 10_000)?;
+        crate::bounds::real("gate.margin_rel", self.margin_rel, 0.0, 1e6)?;
+        crate::bounds::real("gate.margin_abs", self.margin_abs, 0.0, 1e300)?;
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(AgentError::Config("gate.alpha must be in (0, 1)".into()));
         }

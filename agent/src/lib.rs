@@ -18,12 +18,14 @@
 
 pub mod actor;
 pub mod adder;
+pub mod bounds;
 pub mod config;
 pub mod daemon;
 pub mod dqn;
 pub mod drift;
 pub mod error;
 pub mod eval;
+pub mod fault;
 pub mod gate;
 pub mod learner;
 pub mod rate;

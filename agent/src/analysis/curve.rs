@@ -18,8 +18,8 @@ pub struct CurveArgs {
     /// Write the plot here; `.png` or `.svg` picks the format. Repeat for both.
     #[arg(long)]
     pub out: Vec<PathBuf>,
-    /// Moving-average window, in episodes.
-    #[arg(long, default_value_t = 20)]
+    /// Moving-average window, in episodes (1 to 1000000).
+    #[arg(long, default_value_t = 20, value_parser = parse_smooth)]
     pub smooth: usize,
     /// Only this run.
     #[arg(long)]
@@ -27,6 +27,16 @@ pub struct CurveArgs {
     /// Image size in pixels, WIDTHxHEIGHT.
     #[arg(long, default_value = "1000x600", value_parser = parse_size)]
     pub size: (u32, u32),
+}
+
+/// The moving-average window: its ring is allocated up front, so it is bounded.
+fn parse_smooth(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}`: expected a number of episodes from 1 to 1000000"
+        )),
+    }
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {

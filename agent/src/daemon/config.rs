@@ -9,6 +9,7 @@ use std::path::Path;
 use autodidact_core::precision::Precision;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{self, MAX_ACTORS, MAX_EPISODES, MAX_LEAD_STEPS, MAX_STEPS, MAX_THREADS};
 use crate::config::{NetworkSection, PrecisionName, ReplaySection};
 use crate::dqn::DqnConfig;
 use crate::drift::{DriftConfig, ReturnDropConfig};
@@ -99,6 +100,13 @@ pub struct DaemonSection {
     /// Seconds a graceful stop (SIGTERM, SIGINT) may take before the process exits anyway;
     /// committed data is safe either way.
     pub shutdown_timeout_s: f64,
+    /// After this many faults of one actor's environment in a row (a failed step or reset,
+    /// with no good step between), `/healthz` reports the daemon unhealthy. It keeps running
+    /// and retrying either way.
+    pub unhealthy_after_faults: u64,
+    /// Longest wait between retries of a failing environment; the wait doubles per fault in
+    /// a row from 50 ms up to this.
+    pub fault_backoff_max_s: f64,
 }
 
 impl Default for DaemonSection {
@@ -117,6 +125,8 @@ impl Default for DaemonSection {
             acting_precision: PrecisionName::F32,
             learner_threads: 1,
             shutdown_timeout_s: 15.0,
+            unhealthy_after_faults: 10,
+            fault_backoff_max_s: 30.0,
         }
     }
 }
@@ -259,63 +269,13 @@ impl DaemonConfig {
             .filter(|t| !t.is_empty())
     }
 
-    /// Checks ranges that serde cannot, naming the key.
+    /// Checks every value against its documented range (see [`crate::bounds`]), naming the
+    /// key, before anything is written to the run directory.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: &str| Err(AgentError::Config(format!("{key}: {why}")));
-        let d = &self.daemon;
-        if d.actors == 0 || d.actors > 64 {
-            return bad("daemon.actors", "must be between 1 and 64");
-        }
-        if d.envs.iter().any(|e| e.trim().is_empty()) {
-            return bad("daemon.envs", "an environment ID is empty");
-        }
-        if d.candidate_every == 0 {
-            return bad("daemon.candidate_every", "must be at least 1");
-        }
-        if d.keep_checkpoints == 0 {
-            return bad(
-                "daemon.keep_checkpoints",
-                "must be at least 1 (the candidate being judged needs its file)",
-            );
-        }
-        if d.learner_threads == 0 {
-            return bad("daemon.learner_threads", "must be at least 1");
-        }
-        if !(d.shutdown_timeout_s > 0.0 && d.shutdown_timeout_s <= 3600.0) {
-            return bad(
-                "daemon.shutdown_timeout_s",
-                "must be more than 0 and at most 3600 seconds",
-            );
-        }
-        if self.http.enabled {
-            let addr: SocketAddr = match self.http.bind.parse() {
-                Ok(a) => a,
-                Err(_) => {
-                    return bad(
-                        "http.bind",
-                        &format!("`{}` is not an address like 127.0.0.1:7979", self.http.bind),
-                    );
-                }
-            };
-            if !addr.ip().is_loopback() && self.http_token().is_none() {
-                return bad(
-                    "http.bind",
-                    &format!(
-                        "{addr} is reachable from other machines: set http.token (or \
-                         AUTODIDACT_HTTP_TOKEN) so only holders of the token can read it"
-                    ),
-                );
-            }
-        }
-        if self.network.d_model == 0 {
-            return bad("network.d_model", "must be at least 1");
-        }
-        if self.replay.capacity < self.dqn.batch_size {
-            return bad(
-                "replay.capacity",
-                "must be at least dqn.batch_size (the window must hold a batch)",
-            );
-        }
+        self.daemon.validate()?;
+        self.http.validate(self.http_token().is_some())?;
+        self.network.validate()?;
+        self.replay.validate(self.dqn.batch_size)?;
         if self.replay.max_stored_transitions == 0 {
             return bad(
                 "replay.max_stored_transitions",
@@ -328,41 +288,148 @@ impl DaemonConfig {
                 "must be at least replay.capacity (the sampling window is rebuilt from the file)",
             );
         }
-        let eps = |e: f32| e.is_finite() && (0.0..=1.0).contains(&e);
-        if !eps(self.drift.boost_epsilon) {
-            return bad("drift.boost_epsilon", "must be in [0, 1]");
+        self.drift.validate()?;
+        self.reflection.validate()?;
+        self.gate.validate()?;
+        self.dqn.validate()
+    }
+}
+
+fn bad(key: &str, why: &str) -> Result<()> {
+    Err(AgentError::Config(format!("{key}: {why}")))
+}
+
+impl DaemonSection {
+    /// Checks the `[daemon]` keys against their ranges.
+    pub fn validate(&self) -> Result<()> {
+        bounds::size("daemon.actors", self.actors, 1, MAX_ACTORS)?;
+        if self.envs.iter().any(|e| e.trim().is_empty()) {
+            return bad("daemon.envs", "an environment ID is empty");
         }
-        let r = &self.drift.returns;
-        if r.recent == 0 || r.reference < 2 {
+        bounds::int("daemon.max_steps", self.max_steps, 0, MAX_STEPS)?;
+        bounds::int(
+            "daemon.max_lead_steps",
+            self.max_lead_steps,
+            0,
+            MAX_LEAD_STEPS,
+        )?;
+        bounds::int(
+            "daemon.exploration_steps",
+            self.exploration_steps,
+            0,
+            MAX_STEPS,
+        )?;
+        bounds::int("daemon.candidate_every", self.candidate_every, 1, MAX_STEPS)?;
+        bounds::int(
+            "daemon.lr_decay_updates",
+            self.lr_decay_updates,
+            1,
+            MAX_STEPS,
+        )?;
+        bounds::int("daemon.rollback_after", self.rollback_after, 0, 1_000_000)?;
+        // At least 1: the candidate being judged needs its file.
+        bounds::int("daemon.keep_checkpoints", self.keep_checkpoints, 1, 100_000)?;
+        bounds::size(
+            "daemon.learner_threads",
+            self.learner_threads,
+            1,
+            MAX_THREADS,
+        )?;
+        bounds::real(
+            "daemon.shutdown_timeout_s",
+            self.shutdown_timeout_s,
+            0.1,
+            3_600.0,
+        )?;
+        bounds::int(
+            "daemon.unhealthy_after_faults",
+            self.unhealthy_after_faults,
+            1,
+            1_000_000,
+        )?;
+        bounds::real(
+            "daemon.fault_backoff_max_s",
+            self.fault_backoff_max_s,
+            0.01,
+            3_600.0,
+        )
+    }
+}
+
+impl HttpSection {
+    /// Checks the `[http]` keys; `has_token` says whether a token is configured (here or in
+    /// the environment), which a non-loopback bind requires.
+    pub fn validate(&self, has_token: bool) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let addr: SocketAddr = match self.bind.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return bad(
+                    "http.bind",
+                    &format!("`{}` is not an address like 127.0.0.1:7979", self.bind),
+                );
+            }
+        };
+        if !addr.ip().is_loopback() && !has_token {
             return bad(
-                "drift.returns",
-                "recent must be ≥ 1 and reference ≥ 2 episodes",
+                "http.bind",
+                &format!(
+                    "{addr} is reachable from other machines: set http.token (or \
+                     AUTODIDACT_HTTP_TOKEN) so only holders of the token can read it"
+                ),
             );
         }
-        if !(r.min_drop.is_finite() && r.min_drop >= 0.0 && r.z.is_finite() && r.z >= 0.0) {
-            return bad("drift.returns", "min_drop and z must be finite and ≥ 0");
-        }
-        let c = &self.drift.observations;
-        if !(c.delta.is_finite() && c.delta >= 0.0 && c.lambda.is_finite() && c.lambda > 0.0) {
-            return bad("drift.observations", "delta must be ≥ 0 and lambda > 0");
-        }
-        if c.warmup < 2 {
-            return bad("drift.observations", "warmup must be at least 2 episodes");
-        }
-        let every = self.reflection.every_s;
+        Ok(())
+    }
+}
+
+impl DriftSection {
+    /// Checks the `[drift]` keys against their ranges.
+    pub fn validate(&self) -> Result<()> {
+        bounds::real("drift.boost_epsilon", self.boost_epsilon.into(), 0.0, 1.0)?;
+        bounds::int("drift.boost_steps", self.boost_steps, 0, MAX_STEPS)?;
+        let r = &self.returns;
+        bounds::size("drift.returns.recent", r.recent, 1, MAX_EPISODES)?;
+        bounds::size("drift.returns.reference", r.reference, 2, MAX_EPISODES)?;
+        bounds::real("drift.returns.min_drop", r.min_drop, 0.0, 1e6)?;
+        bounds::real("drift.returns.z", r.z, 0.0, 1e6)?;
+        let c = &self.observations;
+        bounds::real("drift.observations.delta", c.delta, 0.0, 1e6)?;
+        bounds::real("drift.observations.lambda", c.lambda, 1e-9, 1e12)?;
+        bounds::size("drift.observations.warmup", c.warmup, 2, MAX_EPISODES)
+    }
+}
+
+impl ReflectionSection {
+    /// Checks the `[reflection]` keys against their ranges.
+    pub fn validate(&self) -> Result<()> {
+        let every = self.every_s;
         if !(every == 0.0 || (0.1..=86_400.0).contains(&every)) {
             return bad(
                 "reflection.every_s",
                 "must be 0 (no passes) or between 0.1 and 86400 seconds",
             );
         }
-        if self.reflection.lessons_sample < 16 {
-            return bad("reflection.lessons_sample", "must be at least 16");
-        }
-        self.gate
-            .validate()
-            .map_err(|e| AgentError::Config(format!("{e}")))?;
-        self.dqn.validate()
+        bounds::size(
+            "reflection.reanalyse_batches",
+            self.reanalyse_batches,
+            0,
+            100_000,
+        )?;
+        bounds::size(
+            "reflection.lessons_sample",
+            self.lessons_sample,
+            16,
+            1_000_000,
+        )?;
+        bounds::int(
+            "reflection.keep_reflections",
+            self.keep_reflections,
+            1,
+            1_000_000_000,
+        )
     }
 }
 

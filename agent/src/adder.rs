@@ -16,7 +16,8 @@ pub trait Adder {
     fn add_first(&mut self, obs: &[f32]) -> Result<()>;
     /// One step: the action taken on the previous observation, what the behaviour policy
     /// recorded about it (a Q-value or log-probability), and what the environment returned.
-    /// Returns whether this step ended the episode (and so committed it).
+    /// Returns whether this step ended the episode (and so committed it): the environment
+    /// ended it, or the adder cut it at its length limit.
     fn add(&mut self, action: &Action, behaviour: Option<f32>, step: &Step) -> Result<bool>;
     /// Ends the episode in progress as truncated (cut from outside: a stop or the end of the
     /// step budget), so every step lived is stored and learners bootstrap past the cut.
@@ -32,6 +33,10 @@ pub struct ReplayAdder {
     current: Option<EpisodeWriter>,
     last_obs: Vec<f32>,
     commit_each_episode: bool,
+    /// Steps after which an episode that has not ended is cut (`u64::MAX`: never).
+    max_episode_steps: u64,
+    /// Steps of the episode in progress.
+    episode_steps: u64,
 }
 
 impl ReplayAdder {
@@ -46,7 +51,18 @@ impl ReplayAdder {
             current: None,
             last_obs: Vec::new(),
             commit_each_episode,
+            max_episode_steps: u64::MAX,
+            episode_steps: 0,
         }
+    }
+
+    /// Cuts an episode that reaches `steps` steps without ending, as truncated, and commits
+    /// it: a world that never ends (a peer that never sends `terminated` or `truncated`) still
+    /// reaches the learner, and what an episode holds in memory stays bounded. [`Adder::add`]
+    /// then reports the episode ended, so the actor resets the environment.
+    pub fn with_max_episode_steps(mut self, steps: u64) -> Self {
+        self.max_episode_steps = steps.max(1);
+        self
     }
 
     /// The registered model version recorded on episodes started from now on.
@@ -63,6 +79,7 @@ impl ReplayAdder {
 impl Adder for ReplayAdder {
     fn add_first(&mut self, obs: &[f32]) -> Result<()> {
         self.current = Some(self.writer.begin_episode(&self.run, self.model_version));
+        self.episode_steps = 0;
         self.last_obs.clear();
         self.last_obs.extend_from_slice(obs);
         Ok(())
@@ -85,7 +102,8 @@ impl Adder for ReplayAdder {
             }
         };
         ep.push(&self.last_obs, action, step.reward as f32, behaviour)?;
-        if step.done() {
+        self.episode_steps += 1;
+        if step.done() || self.episode_steps >= self.max_episode_steps {
             let end = if step.terminated {
                 EpisodeEnd::Terminated
             } else {

@@ -9,6 +9,9 @@ pub enum AgentError {
     /// The environment failed (a dead child process, a bad observation, …).
     #[error("environment: {0}")]
     Env(#[from] autodidact_envs::EnvError),
+    /// An environment's step or reset could not be used (see [`crate::fault`]).
+    #[error("environment fault: {0}")]
+    Fault(#[from] crate::fault::Fault),
     /// The training core failed (shapes, a bad checkpoint, …).
     #[error("training core: {0}")]
     Core(#[from] autodidact_core::CoreError),
@@ -33,6 +36,18 @@ pub enum AgentError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A run directory's files ask to run a command the user has not agreed to.
+    #[error(
+        "{file} asks to run the environment `{env_id}`, which starts a program. A run directory \
+         may come from someone else, so autodidact runs a stored command only when you say so: \
+         pass --env '{env_id}' (or another environment) or --allow-exec"
+    )]
+    StoredCommand {
+        /// The file that names it.
+        file: PathBuf,
+        /// The environment ID.
+        env_id: String,
     },
     /// A worker thread died (a bug: it panicked).
     #[error("the {0} thread panicked; see the log above")]

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::actor::argmax;
 use crate::error::{AgentError, Result};
+use crate::fault::{Fault, check_observation, check_step};
 
 /// Returns of a greedy evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -73,13 +74,19 @@ pub fn evaluate(
     let (mut obs_t, mut q) = (Tensor::zeros(&[1, obs_dim]), Tensor::default());
     let (mut returns, mut lengths) = (Vec::with_capacity(episodes), Vec::new());
     for j in 0..episodes {
-        let (mut obs, _) = env.reset(Some(seed.wrapping_add(j as u64)))?;
+        let (mut obs, _) = env
+            .reset(Some(seed.wrapping_add(j as u64)))
+            .map_err(Fault::from)?;
         let (mut ret, mut len) = (0.0, 0u64);
         loop {
-            check_obs(&obs, obs_dim)?;
+            check_observation(&obs, obs_dim)?;
             obs_t.data_mut().copy_from_slice(&obs);
             snapshot.forward(&obs_t, &mut q, &mut scratch)?;
-            let step = env.step(&Action::Discrete(argmax(q.data()) as i64))?;
+            // A faulty step makes the episode's return meaningless: an error, never a figure.
+            let step = check_step(
+                env.step(&Action::Discrete(argmax(q.data()) as i64)),
+                obs_dim,
+            )?;
             ret += step.reward;
             len += 1;
             if step.done() || len >= MAX_EVAL_EPISODE_STEPS {
@@ -91,15 +98,4 @@ pub fn evaluate(
         lengths.push(len);
     }
     Ok(EvalReport::from_returns(returns, lengths))
-}
-
-/// Refuses an observation of the wrong width (a misbehaving peer) before it reaches a tensor.
-pub(crate) fn check_obs(obs: &[f32], dim: usize) -> Result<()> {
-    if obs.len() != dim {
-        return Err(AgentError::Config(format!(
-            "the environment returned an observation of {} values; its space declares {dim}",
-            obs.len()
-        )));
-    }
-    Ok(())
 }

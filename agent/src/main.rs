@@ -47,9 +47,13 @@ enum Command {
         /// Environment ID (default: the run's environment when --checkpoint is a run dir).
         #[arg(long)]
         env: Option<String>,
-        /// Number of episodes.
-        #[arg(long, default_value_t = 20)]
-        episodes: usize,
+        /// Run the run directory's own environment even if it is a command (`exec:…`): a run
+        /// directory may come from someone else, so a stored command needs your consent.
+        #[arg(long)]
+        allow_exec: bool,
+        /// Number of episodes (1 to 100000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        episodes: u64,
         /// Seed of the first episode (episode j uses seed + j).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -69,9 +73,9 @@ enum Command {
         /// `tcp:127.0.0.1:7000`, … (see `autodidact envs`).
         #[arg(long, default_value = "cartpole")]
         env: String,
-        /// Number of episodes.
-        #[arg(long, default_value_t = 10)]
-        episodes: usize,
+        /// Number of episodes (1 to 100000).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        episodes: u64,
         /// Seed of the first episode (episode i uses seed + i) and of the policy.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -107,9 +111,13 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Continue the run in DIR from its latest checkpoint and replay file (with --steps: up
-    /// to that new total).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["env", "config", "run_dir", "seed"])]
+    /// to that new total). If the run's environment is a command (`exec:…`), repeat it with
+    /// --env or pass --allow-exec: a stored command runs only with your consent.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "run_dir", "seed"])]
     resume: Option<PathBuf>,
+    /// With --resume: run the run directory's environment even if it is a command.
+    #[arg(long, requires = "resume")]
+    allow_exec: bool,
     /// Print the fully resolved config as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -153,6 +161,11 @@ struct DaemonArgs {
     /// Override one config key, e.g. `--set gate.episodes=20 --set reflection.every_s=30`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// When resuming: run the saved environments even if one is a command (`exec:…`); a run
+    /// directory may come from someone else, so a stored command needs your consent (naming
+    /// the environments again with --env is consent too).
+    #[arg(long)]
+    allow_exec: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -189,8 +202,14 @@ fn daemon_command(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_steps {
         set.push(format!("daemon.max_steps={n}"));
     }
-    let opts = DaemonOptions::resolve(&args.run_dir, args.config.as_deref(), &args.env, &set)
-        .with_context(|| format!("cannot start the daemon in {}", args.run_dir.display()))?;
+    let opts = DaemonOptions::resolve(
+        &args.run_dir,
+        args.config.as_deref(),
+        &args.env,
+        &set,
+        args.allow_exec,
+    )
+    .with_context(|| format!("cannot start the daemon in {}", args.run_dir.display()))?;
     if args.print_config {
         print!("{}", opts.config.to_toml()?);
         return Ok(());
@@ -219,8 +238,25 @@ fn daemon_command(args: DaemonArgs) -> anyhow::Result<()> {
 
 fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     let setup = match &args.resume {
-        Some(dir) => RunSetup::resume(dir, args.steps, &args.set)
-            .with_context(|| format!("cannot resume the run in {}", dir.display()))?,
+        Some(dir) => {
+            // Naming the run's environment again is consent to run it; naming another is a
+            // mistake (one run learns one world).
+            let consent = match &args.env {
+                None => args.allow_exec,
+                Some(env) => {
+                    let stored = autodidact::train::RunState::read(dir)?.env_id;
+                    anyhow::ensure!(
+                        env.trim() == stored.trim(),
+                        "the run in {} acts in `{stored}`, not `{env}`: drop --env to resume \
+                         it, or start a new run",
+                        dir.display()
+                    );
+                    true
+                }
+            };
+            RunSetup::resume(dir, args.steps, &args.set, consent)
+                .with_context(|| format!("cannot resume the run in {}", dir.display()))?
+        }
         None => {
             let mut config = TrainConfig::load(args.config.as_deref(), &args.set)?;
             if let Some(s) = args.steps {
@@ -229,6 +265,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             if let Some(s) = args.seed {
                 config.run.seed = s;
             }
+            config.validate()?;
             if args.print_config {
                 print!("{}", config.to_toml()?);
                 return Ok(());
@@ -394,19 +431,38 @@ fn summary_paragraph(r: &TrainReport) -> String {
     s
 }
 
-fn eval_command(
+/// `autodidact eval`'s options.
+struct EvalArgs {
     checkpoint: PathBuf,
     env: Option<String>,
+    allow_exec: bool,
     episodes: usize,
     seed: u64,
     json: bool,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
+}
+
+fn eval_command(a: EvalArgs) -> anyhow::Result<()> {
+    let EvalArgs {
+        checkpoint,
+        env,
+        allow_exec,
+        episodes,
+        seed,
+        json,
+    } = a;
     let (file, env, version) = if checkpoint.is_dir() {
         let (file, version) = autodidact::train::acting_checkpoint(&checkpoint)?;
         let env = match env {
             Some(e) => e,
-            None => autodidact::train::RunState::read(&checkpoint)?.env_id,
+            None => {
+                let stored = autodidact::train::RunState::read(&checkpoint)?.env_id;
+                autodidact::train::check_stored_command(
+                    &stored,
+                    &checkpoint.join(autodidact::train::STATE_FILE),
+                    allow_exec,
+                )?;
+                stored
+            }
         };
         (file, env, Some(version))
     } else {
@@ -451,10 +507,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval {
             checkpoint,
             env,
+            allow_exec,
             episodes,
             seed,
             json,
-        } => eval_command(checkpoint, env, episodes, seed, json)?,
+        } => eval_command(EvalArgs {
+            checkpoint,
+            env,
+            allow_exec,
+            episodes: episodes as usize,
+            seed,
+            json,
+        })?,
         Command::Envs => {
             for id in autodidact_envs::known_ids() {
                 let note = match id.split(':').next() {
@@ -477,7 +541,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policy,
             json,
         } => {
-            anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
+            let episodes = episodes as usize;
             let mut e = autodidact_envs::make(&env).with_context(|| {
                 format!("cannot start environment `{env}` (see `autodidact envs`)")
             })?;

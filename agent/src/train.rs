@@ -35,7 +35,8 @@ use crate::adder::{Adder, ReplayAdder};
 use crate::config::{Mode, TrainConfig};
 use crate::dqn::{DqnLearner, with_suffix};
 use crate::error::{AgentError, Result};
-use crate::eval::{EvalReport, check_obs, evaluate};
+use crate::eval::{EvalReport, evaluate};
+use crate::fault::{Backoff, Fault, check_observation, check_step};
 use crate::learner::{Learner, LearnerMetrics};
 use crate::rate::{Admit, RateLimiter};
 use crate::variable::VariableSource;
@@ -138,7 +139,8 @@ impl RunLock {
 }
 
 /// Writes a file by writing a temporary sibling, syncing it and renaming it over the target,
-/// so a crash leaves either the old or the new contents.
+/// then syncing the directory, so a crash or a power loss leaves either the old or the new
+/// contents (without the directory sync, the rename itself may be lost on power loss).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = with_suffix(path, ".tmp");
@@ -146,7 +148,54 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(AgentError::io(&tmp))?;
     f.sync_all().map_err(AgentError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(AgentError::io(path))?;
-    Ok(())
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(AgentError::io(dir))
+}
+
+/// Joins a path read from a run directory's own files (the registry's `checkpoint_path`,
+/// `state.json`'s checkpoint stems) onto the directory, refusing any that could reach outside
+/// it: an absolute path, `..`, a root or a prefix. Those files may come from someone else, and
+/// the daemon deletes old checkpoints by these paths.
+pub(crate) fn inside_run_dir(run_dir: &Path, rel: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let p = Path::new(rel);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if rel.is_empty() || !plain || p.components().next().is_none() {
+        return Err(AgentError::RunDir {
+            path: run_dir.to_path_buf(),
+            reason: format!(
+                "refers to `{rel}`, which is not a plain path inside the run directory (absolute \
+                 or with `..`): the file was crafted or damaged"
+            ),
+        });
+    }
+    Ok(run_dir.join(p))
+}
+
+/// Refuses to run a command that a run directory's own files ask for, unless the user said
+/// so (`consent`). A run directory may come from someone else, and `exec:<command>` runs a
+/// program, as does `gym:<module>:<Env>` (Gymnasium imports the module). Every other ID is
+/// data, not a command.
+pub fn check_stored_command(env_id: &str, stored_in: &Path, consent: bool) -> Result<()> {
+    let id = env_id.trim();
+    let runs_code = id.starts_with("exec:")
+        || id
+            .strip_prefix("gym:")
+            .is_some_and(|gym_id| gym_id.contains(':'));
+    if !runs_code || consent {
+        return Ok(());
+    }
+    Err(AgentError::StoredCommand {
+        file: stored_in.to_path_buf(),
+        env_id: id.to_string(),
+    })
 }
 
 /// A run about to start or continue.
@@ -187,9 +236,16 @@ impl RunSetup {
     }
 
     /// Continues the run in `run_dir` with its saved configuration plus `overrides`
-    /// (`key=value`) and, if given, a new total step budget.
-    pub fn resume(run_dir: &Path, steps: Option<u64>, overrides: &[String]) -> Result<RunSetup> {
+    /// (`key=value`) and, if given, a new total step budget. A run whose environment is a
+    /// command (`exec:…`) is refused unless `allow_command` (see [`check_stored_command`]).
+    pub fn resume(
+        run_dir: &Path,
+        steps: Option<u64>,
+        overrides: &[String],
+        allow_command: bool,
+    ) -> Result<RunSetup> {
         let state = RunState::read(run_dir)?;
+        check_stored_command(&state.env_id, &run_dir.join(STATE_FILE), allow_command)?;
         let mut config = TrainConfig::load(Some(&run_dir.join(CONFIG_FILE)), overrides)?;
         if let Some(s) = steps {
             config.run.steps = s;
@@ -319,19 +375,17 @@ pub(crate) fn episode_seed(seed: u64, stream: u64, i: u64) -> u64 {
     ((z ^ (z >> 31)) >> 1).wrapping_add(i) & (u64::MAX >> 1)
 }
 const TRAIN_EPISODES: u64 = 1;
+/// Environment faults in a row (failed steps or resets, no good step between) after which
+/// `train` gives up: a bounded run has no one to wait for, unlike the daemon.
+const TRAIN_FAULTS_IN_ROW: u32 = 10;
 const EVAL_EPISODES: u64 = 2;
 const FINAL_EVAL_EPISODES: u64 = 3;
 
 /// The network a DQN learner trains for this environment.
 pub fn network_config(config: &TrainConfig, obs_dim: usize, n_actions: usize) -> NetworkConfig {
-    NetworkConfig {
-        obs_dim,
-        d_model: config.network.d_model,
-        blocks: config.network.blocks.clone(),
-        head: HeadConfig::DuelingQ { n_actions },
-        normalize_obs: config.network.normalize_obs,
-        obs_clip: config.network.obs_clip,
-    }
+    config
+        .network
+        .build(obs_dim, HeadConfig::DuelingQ { n_actions })
 }
 
 /// The learner's own rayon pool, so its parallel kernels never queue behind (or steal the
@@ -576,6 +630,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                     .then_some(c.replay.max_stored_transitions),
                 ..Retention::default()
             },
+            durability: c.replay.durability.into(),
             ..StoreOptions::default()
         },
     )?;
@@ -618,9 +673,10 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         }
         Some(mut state) => {
             let run = store.run(state.replay_run_id)?;
+            let stem = inside_run_dir(&run_dir, &state.checkpoint)?;
             let learner = DqnLearner::load(
                 c.dqn.clone(),
-                &run_dir.join(&state.checkpoint),
+                &stem,
                 store.sampler(),
                 c.run.seed,
                 planned,
@@ -628,7 +684,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
             )?;
             if learner.network().config() != &net_cfg {
                 return Err(AgentError::RunDir {
-                    path: run_dir.join(&state.checkpoint),
+                    path: stem,
                     reason: "the checkpoint's network differs from the configured one".into(),
                 });
             }
@@ -674,7 +730,8 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         obs_stats: obs_stats.clone(),
         publish_every: c.dqn.publish_every,
     });
-    let adder = ReplayAdder::new(writer.writer(), run.clone(), lockstep);
+    let adder = ReplayAdder::new(writer.writer(), run.clone(), lockstep)
+        .with_max_episode_steps(c.replay.max_episode_steps);
     let mut actor = EpsilonGreedyActor::new(
         shared.source.clone(),
         adder,
@@ -773,9 +830,28 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
     // store the cut episode and checkpoint what was learned before reporting the error.
     let mut run_loop = || -> Result<()> {
         let mut epsilon;
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        // A fault cuts the episode (what came before it is stored), waits and resets; only
+        // a world that keeps failing ends the run, with its last fault as the error.
+        let fault = |f: Fault, backoff: &mut Backoff| -> Result<()> {
+            tracing::warn!(kind = f.kind.name(), "environment fault: {}", f.message);
+            let wait = backoff.fault();
+            if backoff.in_row() >= TRAIN_FAULTS_IN_ROW {
+                return Err(f.into());
+            }
+            std::thread::sleep(wait);
+            Ok(())
+        };
         'episodes: while steps < total {
-            let (obs, _) = env.reset(Some(episode_seed(c.run.seed, TRAIN_EPISODES, episodes)))?;
-            check_obs(&obs, obs_dim)?;
+            let seed = episode_seed(c.run.seed, TRAIN_EPISODES, episodes);
+            let reset = env.reset(Some(seed)).map_err(Fault::from);
+            let obs = match reset.and_then(|(o, _)| check_observation(&o, obs_dim).map(|()| o)) {
+                Ok(obs) => obs,
+                Err(f) => {
+                    fault(f, &mut backoff)?;
+                    continue;
+                }
+            };
             actor.observe_first(&obs)?;
             let mut obs = obs;
             let mut ret = 0.0;
@@ -810,14 +886,15 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                 actor.set_epsilon(epsilon);
                 actor.update();
                 let action = actor.select_action(&obs)?;
-                let step = env.step(&action)?;
-                check_obs(&step.obs, obs_dim)?;
-                if !(step.reward as f32).is_finite() {
-                    return Err(AgentError::Config(format!(
-                        "the environment returned a non-finite reward ({}) at step {steps}",
-                        step.reward
-                    )));
-                }
+                let step = match check_step(env.step(&action), obs_dim) {
+                    Ok(step) => step,
+                    Err(f) => {
+                        actor.adder_mut().cut()?;
+                        fault(f, &mut backoff)?;
+                        continue 'episodes;
+                    }
+                };
+                backoff.succeed();
                 steps += 1;
                 ret += step.reward;
                 let done = actor.observe(&action, &step)?;
@@ -1077,12 +1154,33 @@ pub fn acting_checkpoint(run_dir: &Path) -> Result<(PathBuf, i64)> {
             reason: "no model version is registered yet".into(),
         })?,
     };
-    Ok((run_dir.join(&model.checkpoint_path), model.version))
+    Ok((
+        inside_run_dir(run_dir, &model.checkpoint_path)?,
+        model.version,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_paths_stay_inside_the_run_directory() {
+        let dir = Path::new("/runs/a");
+        assert_eq!(
+            inside_run_dir(dir, "checkpoints/v00001-step0000000000.safetensors").unwrap(),
+            dir.join("checkpoints/v00001-step0000000000.safetensors")
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../b/checkpoints/v1.safetensors",
+            "checkpoints/../../x",
+            "./..",
+        ] {
+            assert!(inside_run_dir(dir, bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn episode_seeds_never_repeat_within_or_across_streams() {

@@ -2,6 +2,8 @@
 //! SIGKILL), HTTP on 127.0.0.1, a real SQLite replay file, and a CartPole whose physics change
 //! mid-run on command.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -701,24 +703,11 @@ fn learning_goes_on_without_reflection_passes() {
     daemon.shutdown().unwrap();
 }
 
-fn has_python_module(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn walker_example() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../envs/examples/python_env.py")
-        .display()
-        .to_string()
-}
+use common::walker_example;
 
 #[test]
 fn actors_act_over_exec_and_tcp_adapters_at_once() {
-    if !has_python_module("json") {
-        eprintln!("SKIPPED: python3 is not installed");
+    if !common::python_with("actors_act_over_exec_and_tcp_adapters_at_once", "json") {
         return;
     }
     struct Server(Child);
@@ -773,8 +762,10 @@ fn actors_act_over_exec_and_tcp_adapters_at_once() {
 
 #[test]
 fn the_daemon_acts_in_gymnasium_through_the_bridge() {
-    if !has_python_module("gymnasium") {
-        eprintln!("SKIPPED: python3 with gymnasium is not installed (pip install gymnasium)");
+    if !common::python_with(
+        "the_daemon_acts_in_gymnasium_through_the_bridge",
+        "gymnasium",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

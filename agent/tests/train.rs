@@ -1,6 +1,8 @@
 //! The agent's whole loop with real parts: native environments, a real SQLite replay file in a
 //! temporary run directory, the real learner, and the real binary for the command-line tests.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -171,7 +173,7 @@ fn a_stopped_and_resumed_run_reaches_the_same_place_as_an_unbroken_one() {
         .models()
         .unwrap();
     let b2 = run_train(
-        RunSetup::resume(broken.path(), None, &[]).unwrap(),
+        RunSetup::resume(broken.path(), None, &[], false).unwrap(),
         Arc::new(AtomicBool::new(false)),
         false,
     );
@@ -456,12 +458,7 @@ fn ctrl_c_stops_cleanly_and_the_run_resumes() {
 
 #[test]
 fn trains_through_the_gymnasium_bridge() {
-    let has_gym = Command::new("python3")
-        .args(["-c", "import gymnasium"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_gym {
-        eprintln!("SKIPPED: python3 with gymnasium is not installed (pip install gymnasium)");
+    if !common::python_with("trains_through_the_gymnasium_bridge", "gymnasium") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -488,24 +485,11 @@ fn trains_through_the_gymnasium_bridge() {
     assert!(r["updates"].as_u64().unwrap() > 0);
 }
 
-fn has_python() -> bool {
-    Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn walker_example() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../envs/examples/python_env.py")
-        .display()
-        .to_string()
-}
+use common::walker_example;
 
 #[test]
 fn learns_a_python_world_over_exec_and_runs_over_tcp() {
-    if !has_python() {
-        eprintln!("SKIPPED: python3 is not installed");
+    if !common::python_with("learns_a_python_world_over_exec_and_runs_over_tcp", "json") {
         return;
     }
     // The walker of envs/examples/python_env.py starts on cells 3..7 and is paid +1 at cell 10,

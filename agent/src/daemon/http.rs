@@ -52,10 +52,14 @@ fn unauthorised() -> Response {
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    if app.shared.failed() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "failing\n").into_response();
+    match app.shared.unhealthy() {
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+        None => (StatusCode::OK, "ok\n").into_response(),
     }
-    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn status(State(app): State<App>, headers: HeaderMap) -> Response {

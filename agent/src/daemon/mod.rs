@@ -56,7 +56,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use autodidact_core::{Module, ObsNormalizer, Snapshot, load_checkpoint};
+use autodidact_core::{HeadConfig, Module, ObsNormalizer, Snapshot, load_checkpoint};
 use autodidact_envs::{Env, Space};
 use autodidact_replay::{
     ActionSpace, Dtype, MirrorOptions, ModelStatus, NewModel, NewReflection, ReplayStore,
@@ -71,16 +71,17 @@ use crate::adder::{Adder, ReplayAdder};
 use crate::dqn::{DqnLearner, with_suffix};
 use crate::drift::{Direction, ObsDrift, ReturnDrop};
 use crate::error::{AgentError, Result};
-use crate::eval::{check_obs, evaluate};
+use crate::eval::evaluate;
+use crate::fault::{self, Backoff, Fault};
 use crate::gate::{GateReport, compare, sanity_check};
 use crate::learner::{Learner, LearnerMetrics, ReanalyseReport};
 use crate::rate::{Admit, RateLimiter};
 use crate::train::{
-    REPLAY_FILE, RunLock, RunState, STATE_FILE, episode_seed, learner_pool, network_config,
-    write_atomic,
+    REPLAY_FILE, RunLock, RunState, STATE_FILE, check_stored_command, episode_seed, inside_run_dir,
+    learner_pool, write_atomic,
 };
 use crate::variable::VariableSource;
-use status::{Board, ChampionStatus, ReplayStatus};
+use status::{Board, ChampionStatus, FaultBoard, ReplayStatus};
 
 /// The resolved configuration in a daemon's run directory.
 pub const DAEMON_CONFIG_FILE: &str = "daemon.toml";
@@ -92,6 +93,10 @@ const LEARNER_STEM: &str = "checkpoints/learner";
 const TRAIN_STREAM: u64 = 11;
 const GATE_STREAM: u64 = 12;
 const ACTOR_STREAM: u64 = 13;
+/// Paired returns of the gate: (candidate, champion), one per seed.
+type Pairs = (Vec<f64>, Vec<f64>);
+/// Faults in a row after which the gate gives up judging a candidate (and rejects it).
+const GATE_ATTEMPTS: u32 = 5;
 
 /// Makes an environment from an ID; the default is [`autodidact_envs::make`]. A caller can
 /// supply its own (an experiment that changes the world on command, say).
@@ -120,12 +125,15 @@ impl std::fmt::Debug for DaemonOptions {
 impl DaemonOptions {
     /// Resolves the configuration the way `autodidact daemon` does: a run directory that holds a
     /// daemon run resumes with its saved `daemon.toml` plus `overrides`; otherwise `file`
-    /// (if any), then `overrides`, then `envs` (if any) make a fresh configuration.
+    /// (if any), then `overrides`, then `envs` (if any) make a fresh configuration. A saved
+    /// environment that is a command (`exec:…`) runs only if `envs` names it again or
+    /// `allow_command` is set (see [`crate::train::check_stored_command`]).
     pub fn resolve(
         run_dir: &Path,
         file: Option<&Path>,
         envs: &[String],
         overrides: &[String],
+        allow_command: bool,
     ) -> Result<DaemonOptions> {
         let saved = run_dir.join(DAEMON_CONFIG_FILE);
         let config = if saved.exists() {
@@ -147,6 +155,10 @@ impl DaemonOptions {
                     cfg.daemon.envs,
                     envs
                 )));
+            }
+            // Naming the environments again on the command line is consent.
+            for id in &cfg.daemon.envs {
+                check_stored_command(id, &saved, allow_command || !envs.is_empty())?;
             }
             cfg
         } else {
@@ -247,6 +259,8 @@ pub(crate) struct Shared {
     /// A champion just demoted by a promotion (0 = none), for the pruner.
     demoted: AtomicI64,
     detectors: Mutex<Detectors>,
+    /// Environment faults of the actors (one slot each) and the gate (the last slot).
+    faults: Mutex<FaultBoard>,
     obs_dim: usize,
     run_id: i64,
 }
@@ -256,10 +270,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn failed(&self) -> bool {
-        lock(&self.failure).is_some()
-    }
-
     /// Records the first failure and stops everything.
     fn fail(&self, what: &str, e: &AgentError) {
         tracing::error!(error = %e, "{what} failed");
@@ -271,6 +281,90 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
         self.limiter.stop();
         self.done.notify_one();
+    }
+
+    /// Why `/healthz` should report the daemon unhealthy: a failure that stopped it, or an
+    /// environment that failed `daemon.unhealthy_after_faults` times in a row (the daemon goes
+    /// on retrying it).
+    pub(crate) fn unhealthy(&self) -> Option<String> {
+        if let Some(f) = lock(&self.failure).clone() {
+            return Some(f);
+        }
+        let limit = self.cfg.daemon.unhealthy_after_faults;
+        let b = lock(&self.faults);
+        let (who, n) = b.in_row.iter().enumerate().find(|(_, n)| **n >= limit)?;
+        Some(format!(
+            "{}: {n} environment faults in a row (last: {})",
+            self.who(who),
+            b.last.as_deref().unwrap_or("unknown")
+        ))
+    }
+
+    fn who(&self, index: usize) -> String {
+        if index >= self.cfg.daemon.actors {
+            "the gate".into()
+        } else {
+            format!("actor {index}")
+        }
+    }
+
+    /// Counts and logs a faulty `reset` or `step` of actor `who` (the gate is
+    /// `daemon.actors`), and records a `fault` reflection for the first of a burst. Never
+    /// fails: a fault must not stop the daemon, and a reflection that cannot be written is
+    /// only logged.
+    fn on_fault(&self, who: usize, what: &str, f: &Fault, episode_steps: u64) {
+        let (in_row, note) = lock(&self.faults).record(who, what, f, Instant::now());
+        let name = self.who(who);
+        tracing::warn!(
+            who = %name,
+            what,
+            kind = f.kind.name(),
+            in_row,
+            "environment fault: {}",
+            f.message
+        );
+        let Some(count) = note else {
+            return;
+        };
+        let steps = self.steps.load(Ordering::Relaxed);
+        let cut = if what == "step" {
+            format!(
+                "; the episode in progress was cut as truncated after {episode_steps} stored \
+                 steps"
+            )
+        } else {
+            String::new()
+        };
+        let earlier = if count > 1 {
+            format!(" ({count} faults of {name} since its last fault reflection)")
+        } else {
+            String::new()
+        };
+        let sentence = format!(
+            "fault at step {steps}: {name}'s environment failed a {what} ({}): {}{cut}; it is \
+             reset after a backoff ({in_row} in a row){earlier}",
+            f.kind.name(),
+            f.message
+        );
+        let data = serde_json::json!({
+            "who": name,
+            "call": what,
+            "kind": f.kind,
+            "message": f.message,
+            "steps": steps,
+            "episode_steps": episode_steps,
+            "in_row": in_row,
+            "since_last_note": count,
+        });
+        let version = Some(self.champion_version.load(Ordering::Relaxed));
+        if let Err(e) = self.reflect("fault", version, data, sentence) {
+            tracing::warn!(error = %e, "could not record a fault reflection");
+        }
+    }
+
+    /// A good step of actor `who` after faults: its faults in a row start again from zero.
+    fn clear_faults(&self, who: usize) {
+        lock(&self.faults).clear(who);
     }
 
     fn stopping(&self) -> bool {
@@ -437,6 +531,10 @@ impl Shared {
         let steps = self.steps.load(Ordering::Relaxed);
         let uptime = self.started.elapsed().as_secs_f64();
         let (rss, peak) = status::rss_mib();
+        // Each lock is taken and released on its own: no guard may outlive its line here, or
+        // `unhealthy` would wait on a lock this thread holds.
+        let faults = lock(&self.faults).status();
+        let unhealthy = self.unhealthy();
         let b = lock(&self.board);
         Ok(Status {
             envs: self.cfg.daemon.envs.clone(),
@@ -466,6 +564,8 @@ impl Shared {
             learner: b.learner.clone(),
             last_reflections: b.reflections.iter().cloned().collect(),
             reflections_by_kind: b.reflections_by_kind.clone(),
+            faults,
+            unhealthy,
             peak_rss_mib: peak,
             rss_mib: rss,
         })
@@ -536,20 +636,24 @@ impl Shared {
                     Some(reason) => GateReport::rejected_outright(reason),
                     None => {
                         let snap = Snapshot::from_network(&loaded.network, self.cfg.precision())?;
-                        let (mut cand, mut champ) = (Vec::new(), Vec::new());
-                        for j in 0..gate.episodes {
-                            if self.stopping() {
-                                // Left as a candidate: the next start rejects it, saying so.
-                                return Ok(());
+                        let (cand, champ) = match self.play_pairs(c, env, &snap, &champion.snapshot)
+                        {
+                            // Left as a candidate: the next start rejects it, saying so.
+                            None => return Ok(()),
+                            Some(Ok(pairs)) => pairs,
+                            Some(Err(f)) => {
+                                return self.decide(
+                                    c,
+                                    champion_version,
+                                    GateReport::rejected_outright(format!(
+                                        "the gate's environment failed {GATE_ATTEMPTS} times in \
+                                         a row, so it could not be judged ({f})"
+                                    )),
+                                    None,
+                                    true,
+                                );
                             }
-                            let seed = episode_seed(
-                                self.cfg.daemon.seed,
-                                GATE_STREAM,
-                                c.version as u64 * gate.episodes as u64 + j as u64,
-                            );
-                            cand.push(evaluate(env, &snap, 1, seed)?.mean);
-                            champ.push(evaluate(env, &champion.snapshot, 1, seed)?.mean);
-                        }
+                        };
                         snapshot = Some(snap);
                         let mut r = compare(&cand, &champ, gate)?;
                         // Non-inferiority alone would let a chain of promotions each lose up to
@@ -578,11 +682,88 @@ impl Shared {
                 }
             }
         };
+        self.decide(c, champion_version, report, snapshot, false)
+    }
+
+    /// Plays the candidate and the champion on the same `gate.episodes` fresh seeds. A fault
+    /// says nothing about either model, so a faulty episode pair is played again with the same
+    /// seed after a backoff, up to [`GATE_ATTEMPTS`] times in a row. `None`: the daemon is
+    /// stopping.
+    fn play_pairs(
+        &self,
+        c: &Candidate,
+        env: &mut dyn Env,
+        candidate: &Snapshot,
+        champion: &Snapshot,
+    ) -> Option<Result<Pairs, Fault>> {
+        let episodes = self.cfg.gate.episodes;
+        let gate = self.cfg.daemon.actors;
+        let mut backoff =
+            Backoff::new(Duration::from_secs_f64(self.cfg.daemon.fault_backoff_max_s));
+        let (mut cand, mut champ) = (Vec::new(), Vec::new());
+        let mut j = 0;
+        while j < episodes {
+            if self.stopping() {
+                return None;
+            }
+            let seed = episode_seed(
+                self.cfg.daemon.seed,
+                GATE_STREAM,
+                (c.version as u64)
+                    .wrapping_mul(episodes as u64)
+                    .wrapping_add(j as u64),
+            );
+            let pair = evaluate(env, candidate, 1, seed)
+                .and_then(|a| Ok((a.mean, evaluate(env, champion, 1, seed)?.mean)));
+            match pair {
+                Ok((a, b)) => {
+                    if backoff.in_row() > 0 {
+                        backoff.succeed();
+                        self.clear_faults(gate);
+                    }
+                    cand.push(a);
+                    champ.push(b);
+                    j += 1;
+                }
+                Err(e) => {
+                    let f = match e {
+                        AgentError::Fault(f) => f,
+                        AgentError::Env(e) => Fault::from(e),
+                        other => Fault {
+                            kind: fault::FaultKind::EnvError,
+                            message: other.to_string(),
+                        },
+                    };
+                    let wait = backoff.fault();
+                    self.on_fault(gate, "gate episode", &f, 0);
+                    if backoff.in_row() >= GATE_ATTEMPTS {
+                        return Some(Err(f));
+                    }
+                    if !fault::sleep_unless(wait, || self.stopping()) {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(Ok((cand, champ)))
+    }
+
+    /// Records the gate's decision: the registry first (it is what a restart believes), then
+    /// the actors' champion, the state file, a `gate` reflection, and pruning.
+    fn decide(
+        &self,
+        c: &Candidate,
+        champion_version: i64,
+        report: GateReport,
+        snapshot: Option<Snapshot>,
+        env_failed: bool,
+    ) -> Result<()> {
         let mut sentence = report.sentence(c.version, champion_version);
         let mut rollback = false;
         if report.promote {
             self.rejections_in_row.store(0, Ordering::SeqCst);
-        } else {
+        } else if !env_failed {
+            // A candidate the environment kept from being judged says nothing of the learner.
             let n = self.rejections_in_row.fetch_add(1, Ordering::SeqCst) + 1;
             let after = self.cfg.daemon.rollback_after;
             // Only in a settled world (the learning rate has decayed at least halfway since
@@ -665,10 +846,18 @@ impl Shared {
     }
 
     fn remove_checkpoint_files(&self, rel: &str) -> Result<()> {
-        let stem = rel.trim_end_matches(".safetensors");
+        // The registry is a file: a crafted `checkpoint_path` must not delete anything outside
+        // the run directory. Such a row is refused and left alone, and pruning goes on.
+        let stem = match inside_run_dir(&self.run_dir, rel.trim_end_matches(".safetensors")) {
+            Ok(stem) => stem,
+            Err(e) => {
+                tracing::warn!(error = %e, "not pruning a checkpoint outside the run directory");
+                return Ok(());
+            }
+        };
         for f in [
-            self.run_dir.join(format!("{stem}.safetensors")),
-            self.run_dir.join(format!("{stem}.target.safetensors")),
+            with_suffix(&stem, ".safetensors"),
+            with_suffix(&stem, ".target.safetensors"),
         ] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {}
@@ -700,6 +889,74 @@ impl Shared {
     }
 }
 
+/// Reads a model's checkpoint and checks it against the registry's checksum.
+fn verify_checkpoint(run_dir: &Path, m: &autodidact_replay::Model) -> Result<()> {
+    let file = inside_run_dir(run_dir, &m.checkpoint_path)?;
+    let bytes = std::fs::read(&file).map_err(AgentError::io(&file))?;
+    let sum = format!("crc32:{:08x}", crc32fast::hash(&bytes));
+    if sum != m.checksum {
+        return Err(AgentError::RunDir {
+            path: file,
+            reason: format!(
+                "does not match the registry ({sum}, registered {}): it was changed or damaged",
+                m.checksum
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The champion to resume with. If its checkpoint is missing or damaged (a power loss can
+/// lose a file that was not synced, a disk can corrupt one), the newest earlier model that was
+/// not rejected and whose checkpoint matches the registry takes its place, and the registry
+/// says so: a run must resume after a power loss. Returns the reflection to record.
+fn verified_champion(
+    store: &ReplayStore,
+    run_dir: &Path,
+    champion: autodidact_replay::Model,
+) -> Result<(
+    autodidact_replay::Model,
+    Option<(serde_json::Value, String)>,
+)> {
+    let why = match verify_checkpoint(run_dir, &champion) {
+        Ok(()) => return Ok((champion, None)),
+        Err(e) => e,
+    };
+    let mut earlier: Vec<_> = store
+        .models()?
+        .into_iter()
+        .filter(|m| m.version < champion.version && m.status != ModelStatus::Rejected)
+        .collect();
+    earlier.sort_by_key(|m| std::cmp::Reverse(m.version));
+    let Some(stand_in) = earlier
+        .into_iter()
+        .find(|m| verify_checkpoint(run_dir, m).is_ok())
+    else {
+        return Err(AgentError::RunDir {
+            path: run_dir.to_path_buf(),
+            reason: format!(
+                "the champion v{}'s checkpoint cannot be used ({why}), and no earlier model's \
+                 checkpoint matches the registry",
+                champion.version
+            ),
+        });
+    };
+    store.promote(stand_in.version)?;
+    store.reject(champion.version)?;
+    let sentence = format!(
+        "recovered at start: champion v{}'s checkpoint cannot be used ({why}); acting with \
+         v{}, the newest earlier model whose checkpoint matches the registry",
+        champion.version, stand_in.version
+    );
+    tracing::warn!("{sentence}");
+    let data = serde_json::json!({
+        "lost": champion.version,
+        "champion": stand_in.version,
+        "reason": why.to_string(),
+    });
+    Ok((stand_in, Some((data, sentence))))
+}
+
 /// The registry's metrics of a model version (the shape `train` writes).
 fn model_metrics(steps: u64, m: &LearnerMetrics) -> serde_json::Value {
     let mut v = serde_json::json!({
@@ -726,6 +983,16 @@ fn actor_loop(
     let mut obs_sum = vec![0f64; obs_dim];
     let mut mean_abs_obs = vec![0f32; obs_dim];
     let mut last_version = i64::MIN;
+    let mut backoff = Backoff::new(Duration::from_secs_f64(
+        shared.cfg.daemon.fault_backoff_max_s,
+    ));
+    // A fault is never an error of this loop: it cuts the episode, waits, and resets. Only a
+    // failure of the store (which holds what was lived) ends it.
+    let fault = |backoff: &mut Backoff, f: Fault, what: &str, episode_steps: u64| -> bool {
+        let wait = backoff.fault();
+        shared.on_fault(index, what, &f, episode_steps);
+        fault::sleep_unless(wait, || shared.stopping())
+    };
     let result = (|| -> Result<()> {
         'episodes: loop {
             if shared.stopping() {
@@ -737,9 +1004,22 @@ fn actor_loop(
                 actor.adder_mut().set_model_version(Some(version));
             }
             let n = shared.episode_seq.fetch_add(1, Ordering::Relaxed);
-            let (obs, _) =
-                env.reset(Some(episode_seed(shared.cfg.daemon.seed, TRAIN_STREAM, n)))?;
-            check_obs(&obs, obs_dim)?;
+            let seed = episode_seed(shared.cfg.daemon.seed, TRAIN_STREAM, n);
+            let obs = match env
+                .reset(Some(seed))
+                .map_err(Fault::from)
+                .and_then(|(obs, _)| {
+                    fault::check_observation(&obs, obs_dim)?;
+                    Ok(obs)
+                }) {
+                Ok(obs) => obs,
+                Err(f) => {
+                    if fault(&mut backoff, f, "reset", 0) {
+                        continue;
+                    }
+                    break;
+                }
+            };
             actor.observe_first(&obs)?;
             obs_sum.iter_mut().for_each(|s| *s = 0.0);
             let (mut obs, mut ret, mut len) = (obs, 0.0, 0u64);
@@ -765,14 +1045,20 @@ fn actor_loop(
                 actor.set_epsilon(shared.epsilon(steps));
                 actor.update();
                 let action = actor.select_action(&obs)?;
-                let step = env.step(&action)?;
-                check_obs(&step.obs, obs_dim)?;
-                if !(step.reward as f32).is_finite() {
-                    actor.adder_mut().cut()?;
-                    return Err(AgentError::Config(format!(
-                        "the environment returned a non-finite reward ({}) to actor {index}",
-                        step.reward
-                    )));
+                let step = match fault::check_step(env.step(&action), obs_dim) {
+                    Ok(step) => step,
+                    Err(f) => {
+                        // What was lived before the fault is stored, cut as truncated.
+                        actor.adder_mut().cut()?;
+                        if fault(&mut backoff, f, "step", len) {
+                            continue 'episodes;
+                        }
+                        break 'episodes;
+                    }
+                };
+                if backoff.in_row() > 0 {
+                    backoff.succeed();
+                    shared.clear_faults(index);
                 }
                 for (s, &o) in obs_sum.iter_mut().zip(&step.obs) {
                     *s += f64::from(o.abs());
@@ -780,6 +1066,7 @@ fn actor_loop(
                 let steps = shared.steps.fetch_add(1, Ordering::Relaxed) + 1;
                 ret += step.reward;
                 len += 1;
+                // `observe` also ends an episode at `replay.max_episode_steps`.
                 let done = actor.observe(&action, &step)?;
                 if done {
                     shared.episodes.fetch_add(1, Ordering::Relaxed);
@@ -1057,14 +1344,9 @@ impl Daemon {
                 )));
             }
         };
-        let net_cfg = network_config(
-            &crate::config::TrainConfig {
-                network: cfg.network.clone(),
-                ..Default::default()
-            },
-            obs_dim,
-            n_actions,
-        );
+        let net_cfg = cfg
+            .network
+            .build(obs_dim, HeadConfig::DuelingQ { n_actions });
         net_cfg.validate()?;
 
         std::fs::create_dir_all(run_dir.join("checkpoints"))
@@ -1094,6 +1376,7 @@ impl Daemon {
                     max_transitions: Some(cfg.replay.max_stored_transitions),
                     ..Retention::default()
                 },
+                durability: cfg.replay.durability.into(),
                 ..StoreOptions::default()
             },
         )?;
@@ -1102,6 +1385,7 @@ impl Daemon {
         // `dqn.per_beta0`.
         let planned = u64::MAX / 4;
         let precision = cfg.precision();
+        let mut recovered = None;
         let (run, learner, champion_rel, champion_version, steps, episodes) = if fresh {
             let existing = store.snapshot()?.runs()?.into_iter().next();
             let run = match existing {
@@ -1146,29 +1430,23 @@ impl Daemon {
                 path: run_dir.join(REPLAY_FILE),
                 reason: "the model registry has no champion".into(),
             })?;
-            let file = run_dir.join(&champion.checkpoint_path);
-            let bytes = std::fs::read(&file).map_err(AgentError::io(&file))?;
-            let sum = format!("crc32:{:08x}", crc32fast::hash(&bytes));
-            if sum != champion.checksum {
-                return Err(AgentError::RunDir {
-                    path: file,
-                    reason: format!(
-                        "the champion's checkpoint does not match the registry ({sum}, \
-                         registered {}): it was changed or damaged",
-                        champion.checksum
-                    ),
-                });
-            }
+            let (champion, recovery) = verified_champion(&store, &run_dir, champion)?;
+            recovered = recovery;
             // The learner state of a graceful stop is newer than the champion; after a crash
             // there is none and the learner starts again from the champion.
             let learner_stem = state
                 .learner_checkpoint
                 .as_ref()
-                .map(|s| run_dir.join(s))
-                .filter(|s| with_suffix(s, ".safetensors").exists())
-                .unwrap_or_else(|| {
-                    run_dir.join(champion.checkpoint_path.trim_end_matches(".safetensors"))
-                });
+                .map(|s| inside_run_dir(&run_dir, s))
+                .transpose()?
+                .filter(|s| with_suffix(s, ".safetensors").exists());
+            let learner_stem = match learner_stem {
+                Some(stem) => stem,
+                None => inside_run_dir(
+                    &run_dir,
+                    champion.checkpoint_path.trim_end_matches(".safetensors"),
+                )?,
+            };
             let learner = DqnLearner::load(
                 cfg.dqn.clone(),
                 &learner_stem,
@@ -1200,7 +1478,7 @@ impl Daemon {
                 episodes,
             )
         };
-        let champion_net = load_checkpoint(&run_dir.join(&champion_rel))?.network;
+        let champion_net = load_checkpoint(&inside_run_dir(&run_dir, &champion_rel)?)?.network;
         let champion = Arc::new(VariableSource::new(Snapshot::from_network(
             &champion_net,
             precision,
@@ -1271,10 +1549,14 @@ impl Daemon {
                 returns: ReturnDrop::new(cfg.drift.returns),
                 obs: ObsDrift::new(obs_dim, cfg.drift.observations),
             }),
+            faults: Mutex::new(FaultBoard::new(cfg.daemon.actors)),
             obs_dim,
             run_id: run.id,
             cfg,
         });
+        if let Some((data, sentence)) = recovered {
+            shared.reflect("recovery", Some(champion_version), data, sentence)?;
+        }
         for v in pending {
             lock(&shared.store).reject(v)?;
             shared.reflect(
@@ -1323,7 +1605,8 @@ impl Daemon {
         };
         let mut actors = Vec::new();
         for (i, env) in envs.into_iter().enumerate() {
-            let adder = ReplayAdder::new(writer.writer(), run.clone(), false);
+            let adder = ReplayAdder::new(writer.writer(), run.clone(), false)
+                .with_max_episode_steps(cfg.replay.max_episode_steps);
             let actor = EpsilonGreedyActor::new(
                 shared.champion.clone(),
                 adder,

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::fault::{Fault, FaultKind};
 use crate::learner::LearnerMetrics;
 
 /// Returns kept for the status and the return trend.
@@ -66,6 +67,99 @@ impl Board {
         let k = self.returns.len().min(n);
         (k > 0).then(|| self.returns.iter().rev().take(k).map(|r| r.1).sum::<f64>() / k as f64)
     }
+}
+
+/// Faults of the environments, counted for `/status`, `/metrics` and `/healthz`. Fixed size:
+/// one slot per actor plus one for the gate.
+#[derive(Debug)]
+pub(crate) struct FaultBoard {
+    pub by_kind: BTreeMap<FaultKind, u64>,
+    /// Faults in a row per actor, the gate's last.
+    pub in_row: Vec<u64>,
+    pub last: Option<String>,
+    /// When each actor (and the gate) last recorded a `fault` reflection, and the faults
+    /// since, so a peer faulting every few steps cannot flood the reflections table.
+    noted_at: Vec<Option<std::time::Instant>>,
+    unnoted: Vec<u64>,
+}
+
+/// A fault reflection is recorded at most this often per actor; the faults between are
+/// counted in the next one.
+const FAULT_NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FaultBoard {
+    /// A board for `actors` actors and the gate.
+    pub fn new(actors: usize) -> FaultBoard {
+        FaultBoard {
+            by_kind: FaultKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            in_row: vec![0; actors + 1],
+            last: None,
+            noted_at: vec![None; actors + 1],
+            unnoted: vec![0; actors + 1],
+        }
+    }
+
+    /// Counts a fault of `who` (an actor index; `in_row.len() - 1` is the gate). Returns its
+    /// faults in a row, and `Some(faults since the last note)` when this one should be
+    /// recorded as a reflection.
+    pub fn record(
+        &mut self,
+        who: usize,
+        what: &str,
+        f: &Fault,
+        now: std::time::Instant,
+    ) -> (u64, Option<u64>) {
+        *self.by_kind.entry(f.kind).or_default() += 1;
+        self.last = Some(format!("{what}: {f}"));
+        let (Some(n), Some(noted), Some(unnoted)) = (
+            self.in_row.get_mut(who),
+            self.noted_at.get_mut(who),
+            self.unnoted.get_mut(who),
+        ) else {
+            return (0, None);
+        };
+        *n += 1;
+        *unnoted += 1;
+        if noted.is_some_and(|t| now.duration_since(t) < FAULT_NOTE_EVERY) {
+            return (*n, None);
+        }
+        *noted = Some(now);
+        (*n, Some(std::mem::take(unnoted)))
+    }
+
+    /// A good step of `who`.
+    pub fn clear(&mut self, who: usize) {
+        if let Some(n) = self.in_row.get_mut(who) {
+            *n = 0;
+        }
+    }
+
+    pub fn status(&self) -> FaultStatus {
+        FaultStatus {
+            total: self.by_kind.values().sum(),
+            by_kind: self
+                .by_kind
+                .iter()
+                .map(|(k, n)| (k.name().to_string(), *n))
+                .collect(),
+            in_row_max: self.in_row.iter().copied().max().unwrap_or(0),
+            last: self.last.clone(),
+        }
+    }
+}
+
+/// Environment faults as the status shows them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultStatus {
+    /// Faulty steps and resets in this process.
+    pub total: u64,
+    /// The same, per kind (`timeout`, `disconnected`, `protocol`, `env_error`,
+    /// `bad_observation`, `bad_reward`).
+    pub by_kind: BTreeMap<String, u64>,
+    /// The most faults in a row of any one actor or the gate.
+    pub in_row_max: u64,
+    /// The last fault, for a person.
+    pub last: Option<String>,
 }
 
 /// The champion as the status shows it.
@@ -131,6 +225,10 @@ pub struct Status {
     pub last_reflections: Vec<ReflectionLine>,
     /// Reflections recorded in this process, per kind.
     pub reflections_by_kind: BTreeMap<String, u64>,
+    /// Environment faults in this process.
+    pub faults: FaultStatus,
+    /// Why `/healthz` reports the daemon unhealthy, if it does (it keeps running either way).
+    pub unhealthy: Option<String>,
     /// Peak resident memory of the process, MiB (Linux; 0 elsewhere).
     pub peak_rss_mib: f64,
     /// Current resident memory of the process, MiB (Linux; 0 elsewhere).
@@ -269,6 +367,31 @@ impl Status {
             "gauge",
             "Share of routed tokens per expert of the first MoE layer (learner, moving average).",
             &usage,
+        );
+        let faults: Vec<(String, f64)> = self
+            .faults
+            .by_kind
+            .iter()
+            .map(|(k, n)| (format!("{{kind=\"{k}\"}}"), *n as f64))
+            .collect();
+        let faults: Vec<(&str, f64)> = faults.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "env_faults_total",
+            "counter",
+            "Faulty environment steps and resets in this process, per kind.",
+            &faults,
+        );
+        metric(
+            "env_faults_in_row",
+            "gauge",
+            "The most faults in a row of any one actor or the gate.",
+            &[("", self.faults.in_row_max as f64)],
+        );
+        metric(
+            "healthy",
+            "gauge",
+            "1 while /healthz answers 200.",
+            &[("", f64::from(u8::from(self.unhealthy.is_none())))],
         );
         metric(
             "resident_memory_mib",

@@ -59,8 +59,8 @@ use std::time::{Duration, Instant};
 use autodidact_core::{HeadConfig, Module, ObsNormalizer, Snapshot, load_checkpoint};
 use autodidact_envs::{Env, Space};
 use autodidact_replay::{
-    ActionSpace, Dtype, MirrorOptions, ModelStatus, NewModel, NewReflection, ReplayStore,
-    Retention, RunSpec, Sampler, StoreOptions, WriterHandle, WriterOptions,
+    ActionSpace, Dtype, MirrorOptions, ModelStatus, NewModel, NewReflection, ReplayError,
+    ReplayStore, Retention, RunSpec, Sampler, StoreOptions, WriterHandle, WriterOptions,
 };
 
 pub use config::DaemonConfig;
@@ -242,6 +242,10 @@ pub(crate) struct Shared {
     obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
     board: Mutex<Board>,
     store: Mutex<ReplayStore>,
+    /// Held from reading the next version number to registering it, so a checkpoint's file
+    /// name carries the version it is registered as (the store's own lock is released while
+    /// a busy file is waited for).
+    registering: Mutex<()>,
     sampler: Sampler,
     limiter: Arc<RateLimiter>,
     gate_busy: AtomicBool,
@@ -362,6 +366,28 @@ impl Shared {
         }
     }
 
+    /// Runs a write on the registry connection again while the file is busy (another
+    /// process holds its lock past the busy timeout) or full, waiting longer each time, until
+    /// it succeeds or the daemon stops: such a state passes, and must not end the daemon.
+    fn retry_store<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&ReplayStore) -> autodidact_replay::Result<T>,
+    ) -> Result<T> {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let r = f(&lock(&self.store));
+            match r {
+                Err(e @ (ReplayError::Busy(_) | ReplayError::DiskFull(_))) if !self.stopping() => {
+                    let wait = backoff.fault();
+                    tracing::warn!(error = %e, attempt = backoff.in_row(), "{what}: retrying");
+                    fault::sleep_unless(wait, || self.stopping());
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
     /// A good step of actor `who` after faults: its faults in a row start again from zero.
     fn clear_faults(&self, who: usize) {
         lock(&self.faults).clear(who);
@@ -402,12 +428,13 @@ impl Shared {
         data: serde_json::Value,
         sentence: String,
     ) -> Result<()> {
-        lock(&self.store).add_reflection(&NewReflection {
+        let row = NewReflection {
             kind: kind.into(),
             model_version,
             data,
             sentence: sentence.clone(),
-        })?;
+        };
+        self.retry_store("record a reflection", |store| store.add_reflection(&row))?;
         tracing::info!(kind, "{sentence}");
         lock(&self.board).push_reflection(ReflectionLine {
             kind: kind.into(),
@@ -572,21 +599,17 @@ impl Shared {
     }
 
     /// Registers a saved checkpoint as a candidate (parent: the champion).
-    fn register_candidate(
-        &self,
-        store: &ReplayStore,
-        rel_stem: &str,
-        metrics: serde_json::Value,
-    ) -> Result<i64> {
+    fn register_candidate(&self, rel_stem: &str, metrics: serde_json::Value) -> Result<i64> {
         let rel = format!("{rel_stem}.safetensors");
         let file = self.run_dir.join(&rel);
         let bytes = std::fs::read(&file).map_err(AgentError::io(&file))?;
-        let model = store.register_model(&NewModel {
+        let row = NewModel {
             parent: Some(self.champion_version.load(Ordering::SeqCst)),
             checkpoint_path: rel,
             checksum: format!("crc32:{:08x}", crc32fast::hash(&bytes)),
             metrics,
-        })?;
+        };
+        let model = self.retry_store("register a candidate", |store| store.register_model(&row))?;
         lock(&self.board).latest_version = model.version;
         Ok(model.version)
     }
@@ -597,13 +620,15 @@ impl Shared {
             learner.set_obs_stats(&lock(stats).clone());
         }
         let m = learner.metrics();
-        let store = lock(&self.store);
-        let next = store.latest_model()?.map_or(1, |m| m.version + 1);
+        let registering = lock(&self.registering);
+        let next = self
+            .retry_store("read the registry", |store| store.latest_model())?
+            .map_or(1, |m| m.version + 1);
         let steps = self.steps.load(Ordering::Relaxed);
         let stem = format!("checkpoints/v{next:05}-step{steps:010}");
         learner.save(&self.run_dir.join(&stem))?;
-        let version = self.register_candidate(&store, &stem, model_metrics(steps, &m))?;
-        drop(store);
+        let version = self.register_candidate(&stem, model_metrics(steps, &m))?;
+        drop(registering);
         self.gate_busy.store(true, Ordering::SeqCst);
         gate.send(Candidate {
             version,
@@ -792,15 +817,14 @@ impl Shared {
             "report": report,
             "learner_rolled_back": rollback,
         });
-        {
-            // The registry first: it is what a restart believes.
-            let store = lock(&self.store);
+        // The registry first: it is what a restart believes.
+        self.retry_store("record the gate's decision", |store| {
             if report.promote {
-                store.promote(c.version)?;
+                store.promote(c.version)
             } else {
-                store.reject(c.version)?;
+                store.reject(c.version)
             }
-        }
+        })?;
         if let (true, Some(snap)) = (report.promote, snapshot) {
             self.demoted.store(champion_version, Ordering::SeqCst);
             self.champion.publish(snap);
@@ -1230,7 +1254,9 @@ fn reflection_pass(shared: &Shared, learner: &Sender<LearnerRequest>) -> Result<
         let version = shared.champion_version.load(Ordering::Relaxed);
         shared.reflect("lessons", Some(version), data, sentence)?;
     }
-    lock(&shared.store).trim_reflections(shared.cfg.reflection.keep_reflections)?;
+    shared.retry_store("trim the reflections", |store| {
+        store.trim_reflections(shared.cfg.reflection.keep_reflections)
+    })?;
     Ok(())
 }
 
@@ -1535,6 +1561,7 @@ impl Daemon {
             obs_stats: obs_stats.clone(),
             board: Mutex::new(board),
             store: Mutex::new(store),
+            registering: Mutex::new(()),
             sampler,
             limiter,
             gate_busy: AtomicBool::new(false),
@@ -1734,8 +1761,11 @@ impl Daemon {
     /// copied into the run directory and registered first; returns its version. Waits while
     /// the gate judges an earlier candidate.
     pub fn submit_candidate(&self, checkpoint: &Path, loss: f32) -> Result<i64> {
-        let store = lock(&self.shared.store);
-        let next = store.latest_model()?.map_or(1, |m| m.version + 1);
+        let registering = lock(&self.shared.registering);
+        let next = self
+            .shared
+            .retry_store("read the registry", |store| store.latest_model())?
+            .map_or(1, |m| m.version + 1);
         let stem = format!("checkpoints/v{next:05}-submitted");
         let dest = self.shared.run_dir.join(format!("{stem}.safetensors"));
         match load_checkpoint(checkpoint) {
@@ -1766,11 +1796,10 @@ impl Daemon {
             }
         }
         let version = self.shared.register_candidate(
-            &store,
             &stem,
             serde_json::json!({"submitted_from": checkpoint.display().to_string(), "loss": loss}),
         )?;
-        drop(store);
+        drop(registering);
         self.shared.gate_busy.store(true, Ordering::SeqCst);
         self.gate_tx
             .send(Candidate {

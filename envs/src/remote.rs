@@ -21,6 +21,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,11 @@ use crate::space::{Action, Space};
 /// Where the peer lives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transport {
-    /// A child process spoken to over its stdin/stdout; stderr is inherited.
+    /// A child process spoken to over its stdin/stdout; stderr is inherited. It runs in a
+    /// process group of its own, which is killed (`SIGKILL`) whenever the runtime is done with
+    /// the peer: close, drop, a fault, a restart. Being its own group, it does not get the
+    /// terminal's Ctrl-C; the runtime decides when it ends (a peer should also exit at the end
+    /// of its stdin, which is what it sees if the runtime dies).
     Exec {
         /// Program to run (looked up in `PATH`).
         program: String,
@@ -64,9 +69,22 @@ impl Transport {
         })
     }
 
+    /// For logs: long arguments (an embedded script) are shown by their size only.
     fn describe(&self) -> String {
         match self {
-            Transport::Exec { program, args } => format!("exec:{program} {}", args.join(" ")),
+            Transport::Exec { program, args } => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| {
+                        if a.len() > 80 {
+                            format!("<{} bytes>", a.len())
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                format!("exec:{program} {}", args.join(" "))
+            }
             Transport::Tcp { addr } => format!("tcp:{addr}"),
         }
     }
@@ -378,6 +396,9 @@ impl Conn {
             Transport::Exec { program, args } => {
                 let mut child = Command::new(program)
                     .args(args)
+                    // Its own process group, so that killing the peer kills whatever it
+                    // started too (see `kill_group_and_reap`).
+                    .process_group(0)
                     .env("PYTHONUNBUFFERED", "1")
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -385,8 +406,7 @@ impl Conn {
                     .spawn()
                     .map_err(|e| EnvError::io(format!("spawn `{program}`"), e))?;
                 let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    kill_group_and_reap(&mut child);
                     return Err(EnvError::Config("child pipes unavailable".into()));
                 };
                 let stream = Stream::Pipes {
@@ -534,35 +554,64 @@ impl Conn {
         }
     }
 
+    /// Closes the peer's stdin (a well-behaved peer exits on that) and waits up to `grace` for
+    /// it to exit. The child is not reaped here: `Drop` kills its process group and reaps it.
     fn shutdown(&mut self, grace: Duration) {
         if let Stream::Pipes { stdin, .. } = &mut self.stream {
-            // Closing stdin tells a well-behaved peer to exit; then give it a moment.
             *stdin = None;
             self.write_fd = -1;
         }
-        if let Some(child) = self.child.as_mut() {
+        if let Some(child) = self.child.as_ref() {
             let deadline = after(Instant::now(), grace);
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(Some(_)) => {
-                        self.child = None;
-                        return;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-                    Err(_) => break,
-                }
+            while Instant::now() < deadline && !has_exited(child) {
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
     }
 }
 
+/// Whether `child` has exited, without reaping it: while it is a zombie its pid (which is
+/// also its process group's id) cannot be given to another process.
+fn has_exited(child: &Child) -> bool {
+    let pid: libc::id_t = child.id();
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, which lives across the call; WNOWAIT leaves the
+    // child waitable, so `Child::wait` still reaps it later.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // An error (no such child) means there is nothing left to wait for.
+    // SAFETY: after a successful waitid with WEXITED, si_pid is the field that is set (0 when
+    // no child has changed state yet).
+    rc != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// Kills an `exec:` peer's whole process group (the peer leads it: spawned with
+/// `process_group(0)`), so helper processes it started die with it, then reaps the peer.
+/// Called before the peer is reaped, so the group id cannot belong to anyone else yet.
+/// Processes that left the group (`setsid`, daemons) are not reached.
+fn kill_group_and_reap(child: &mut Child) {
+    if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: killpg only sends a signal, to a group we created and have not reaped.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    }
+    // Harmless if the group kill already took it; covers a failed killpg.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // A peer that is not needed any more (or misbehaved) must not linger or become a
-            // zombie; kill is harmless if it already exited.
-            let _ = child.kill();
-            let _ = child.wait();
+            // A peer that is not needed any more (or misbehaved) must not linger, leave
+            // helpers behind, or become a zombie.
+            kill_group_and_reap(&mut child);
         }
     }
 }

@@ -314,3 +314,80 @@ fn refused_tcp_connection_is_an_io_error() {
         Err(EnvError::Io { .. })
     ));
 }
+
+/// Kills the grandchild if a test fails before the peer's group did, so no `sleep` leaks.
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            // SAFETY: kill only sends a signal, to a pid this test started (through its peer).
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts a peer with a long-lived helper process; returns the env and the helper's pid.
+fn with_grandchild(fault: &str, dir: &tempfile::TempDir) -> (RemoteEnv, Reap) {
+    let file = dir.path().join("grandchild");
+    let f = file.to_string_lossy().into_owned();
+    let mut env = RemoteEnv::connect(peer(fault, &["--grandchild", &f]), fast_config()).unwrap();
+    env.reset(None).unwrap();
+    // The peer wrote it before answering hello.
+    let pid: u32 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    assert!(pid_alive(pid), "the helper runs");
+    (env, Reap(pid))
+}
+
+/// Waits (with a hang-detecting limit) for `pid` to die.
+fn dies(pid: u32) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if !pid_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn dropped_peer_takes_its_process_group_with_it() {
+    if !have_python("dropped_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (env, helper) = with_grandchild("none", &dir);
+    drop(env);
+    assert!(
+        dies(helper.0),
+        "the peer's helper outlived the dropped peer"
+    );
+}
+
+#[test]
+fn closed_peer_takes_its_process_group_with_it() {
+    if !have_python("closed_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, helper) = with_grandchild("none", &dir);
+    env.close().unwrap();
+    assert!(dies(helper.0), "the peer's helper outlived the closed peer");
+}
+
+#[test]
+fn timed_out_peer_takes_its_process_group_with_it() {
+    if !have_python("timed_out_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, helper) = with_grandchild("hang", &dir);
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    assert_eq!(env.step(&A).unwrap().info["peer_fault"], "timeout");
+    assert!(dies(helper.0), "the hung peer's helper outlived it");
+    // The env is still usable: a fresh peer (and helper) serves the next episode.
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+}

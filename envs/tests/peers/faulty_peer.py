@@ -9,8 +9,11 @@ The world: obs = [steps_taken, 0.5], Discrete(2) actions, reward 1 per step, nev
   hang-hello (never answers hello), dead-after-first (first launch crashes at --after,
   every later launch exits at once; needs --launches).
 --launches FILE appends one line per process start, so tests can count restarts.
+--grandchild FILE starts a long-lived helper process (`sleep`) and writes its pid to FILE, so
+tests can check that it dies with the peer.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -18,7 +21,16 @@ p = argparse.ArgumentParser()
 p.add_argument("--fault", default="none")
 p.add_argument("--after", type=int, default=3)
 p.add_argument("--launches", default=None)
+p.add_argument("--grandchild", default=None)
 args = p.parse_args()
+
+if args.grandchild:
+    import subprocess
+
+    helper = subprocess.Popen(["sleep", "600"])
+    with open(args.grandchild + ".tmp", "w") as f:
+        f.write(str(helper.pid))
+    os.replace(args.grandchild + ".tmp", args.grandchild)
 
 launch = 0
 if args.launches:

@@ -7,8 +7,12 @@
 //! |---|---|
 //! | peer exits, drops the socket, or a `step` (writing the request and reading the answer) does not complete within `call_timeout` | the peer is killed/disconnected, the step returns `truncated = true` with the last observation and `info.peer_fault`; the next `reset` restarts the peer with exponential backoff |
 //! | the same during `reset` | restart with backoff and retry, at most `max_restarts` times, then `EnvError::RestartsExhausted` |
-//! | malformed JSON, NaN/Inf, wrong shape, unknown or unexpected message | `EnvError::Protocol`; the stream can no longer be trusted, so the peer is dropped and the next `reset` restarts it |
-//! | peer answers `error` | `EnvError::Peer`; the session stays up |
+//! | malformed JSON, NaN/Inf (or a reward beyond `f32`), wrong shape, unknown or unexpected message | `EnvError::Protocol`; the stream can no longer be trusted, so the peer is dropped and the next `reset` restarts it |
+//! | peer answers `error` | `EnvError::Peer`; the session stays up (a failed `reset` still ends the episode) |
+//! | restarts fail `max_restarts` times in a row | `EnvError::RestartsExhausted`; the env stays usable: the next `reset` tries again, with the backoff still growing |
+//!
+//! So after any error from `step`, a caller can end the episode and call `reset`: it either
+//! serves a fresh episode or fails with a typed error, within the bounds in `PROTOCOL.md`.
 //! | action outside the action space | `EnvError::InvalidAction` before anything is sent |
 //!
 //! Every fault is counted in [`RemoteStats`]. No call can hang the runtime: our ends of pipes
@@ -187,6 +191,12 @@ pub struct RemoteStats {
     pub peer_errors: u64,
     /// Episodes ended as truncated because of a fault.
     pub truncated_by_fault: u64,
+    /// Restart attempts that failed (each failure is also counted under its own kind above;
+    /// a peer that came back with other spaces counts as a protocol error).
+    pub failed_restarts: u64,
+    /// `reset`s that gave up with [`EnvError::RestartsExhausted`]. The env is not dead after
+    /// one: the next `reset` tries again.
+    pub restarts_exhausted: u64,
 }
 
 /// `t + d`, saturating: a configured `Duration::MAX` means "wait for ever", not a panic.
@@ -752,8 +762,11 @@ impl RemoteEnv {
         self.episode = Episode::NeedsReset;
     }
 
+    /// Starts the peer again after a fault: up to `max_restarts` attempts, each after a
+    /// backoff wait that doubles with every consecutive failure (also across calls, so a
+    /// peer that stays down is not hammered), capped at `backoff_max`.
     fn restart(&mut self) -> Result<()> {
-        let mut last = String::from("no attempt made");
+        let mut last = String::from("no attempt made (max_restarts = 0)");
         for attempt in 1..=self.cfg.max_restarts {
             let factor = 1u32 << self.consecutive_failures.min(16);
             let wait = self
@@ -762,8 +775,7 @@ impl RemoteEnv {
                 .saturating_mul(factor)
                 .min(self.cfg.backoff_max);
             std::thread::sleep(wait);
-            let r = open_and_handshake(&self.transport, &self.cfg);
-            match r {
+            match open_and_handshake(&self.transport, &self.cfg) {
                 Ok((conn, (obs, act, _))) if obs == self.obs_space && act == self.act_space => {
                     tracing::info!(peer = %self.transport.describe(), attempt, "env peer restarted");
                     self.conn = Some(conn);
@@ -772,15 +784,18 @@ impl RemoteEnv {
                 }
                 Ok(_) => {
                     last = "peer came back with different spaces".into();
-                    self.consecutive_failures += 1;
+                    self.stats.protocol_errors += 1;
                 }
                 Err(e) => {
                     self.count(&e);
                     last = e.to_string();
-                    self.consecutive_failures += 1;
                 }
             }
+            self.stats.failed_restarts += 1;
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         }
+        self.stats.restarts_exhausted += 1;
+        tracing::warn!(peer = %self.transport.describe(), error = %last, "env peer could not be restarted");
         Err(EnvError::RestartsExhausted {
             attempts: self.cfg.max_restarts,
             last,
@@ -813,6 +828,9 @@ impl Env for RemoteEnv {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Result<(Observation, Info)> {
+        // Whatever happens below, the episode in progress is over: a failed reset must not let
+        // `step` continue it.
+        self.episode = Episode::NeedsReset;
         let mut faults = 0u32;
         loop {
             if self.conn.is_none() {
@@ -842,9 +860,10 @@ impl Env for RemoteEnv {
                 Err(e) if is_transport_fault(&e) => {
                     self.count(&e);
                     self.drop_conn(&e);
-                    self.consecutive_failures += 1;
+                    self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                     faults += 1;
                     if faults > self.cfg.max_restarts {
+                        self.stats.restarts_exhausted += 1;
                         return Err(EnvError::RestartsExhausted {
                             attempts: faults,
                             last: e.to_string(),
@@ -869,6 +888,14 @@ impl Env for RemoteEnv {
         ) {
             Ok(Response::Step(s)) => {
                 if let Err(e) = self.obs_space.check_observation(&s.obs, "obs") {
+                    return Err(self.protocol_fault(e.into()));
+                }
+                // The protocol carries an f64, but every consumer stores rewards as f32: one
+                // that overflows f32 (1e300) is as unusable as a NaN, and is treated alike.
+                if !(s.reward as f32).is_finite() {
+                    let e = ProtocolError::NonFinite {
+                        field: "reward".into(),
+                    };
                     return Err(self.protocol_fault(e.into()));
                 }
                 self.last_obs.clone_from(&s.obs);

@@ -89,10 +89,12 @@ pub enum EnvError {
     /// The peer answered with an `error` message.
     #[error("peer reported an error: {0}")]
     Peer(String),
-    /// The peer did not answer in time.
+    /// A call did not finish in time: writing a request and reading its answer (within
+    /// `call_timeout`), or opening a session (resolving, connecting, `hello`, within
+    /// `connect_timeout`).
     #[error("peer did not answer `{op}` within {timeout:?}")]
     Timeout {
-        /// The request that went unanswered.
+        /// The request that went unanswered, or `resolve …` / `connect to …`.
         op: String,
         /// The configured limit.
         timeout: Duration,

@@ -147,7 +147,8 @@ pub struct RemoteConfig {
     /// resolved address within the same limit) or spawning, writing `hello` and reading its
     /// answer. Generous by default because Python peers import slowly.
     pub connect_timeout: Duration,
-    /// Restart attempts per recovery before giving up.
+    /// Restart attempts per `reset` before it gives up with `RestartsExhausted` (a later
+    /// `reset` tries again). Zero: a dropped peer is never restarted.
     pub max_restarts: u32,
     /// Wait before the first restart attempt; doubles per consecutive failure.
     pub backoff_initial: Duration,
@@ -348,7 +349,7 @@ where
         Ok(Ok(addrs)) => Ok(addrs),
         Ok(Err(e)) => Err(EnvError::io(format!("resolve `{addr}`"), e)),
         Err(mpsc::RecvTimeoutError::Timeout) => Err(EnvError::Timeout {
-            op: format!("resolve `{addr}`"),
+            op: format!("resolve {addr}"),
             timeout,
         }),
         Err(mpsc::RecvTimeoutError::Disconnected) => Err(EnvError::io(
@@ -389,7 +390,7 @@ fn connect_any(
     }
     if Instant::now() >= deadline {
         return Err(EnvError::Timeout {
-            op: format!("connect to `{addr}`"),
+            op: format!("connect to {addr}"),
             timeout,
         });
     }

@@ -1,7 +1,13 @@
-//! Locating and launching `python/gym_bridge.py`, which serves any Gymnasium env over the
-//! protocol.
+//! Launching `python/gym_bridge.py`, which serves any Gymnasium env over the protocol.
+//!
+//! The script is embedded in the binary and run from the command line (`python3 -c`, see
+//! [`BOOTSTRAP`]), so no file in a shared directory (such as a predictable name in `/tmp`
+//! another user could plant) is ever executed or imported; `AUTODIDACT_GYM_BRIDGE` names a
+//! script to run instead.
 
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{EnvError, Result};
@@ -16,47 +22,56 @@ pub const BRIDGE_ENV_VAR: &str = "AUTODIDACT_GYM_BRIDGE";
 /// Environment variable naming the Python interpreter (default `python3`).
 pub const PYTHON_ENV_VAR: &str = "AUTODIDACT_PYTHON";
 
-/// Path of the bridge script: `$AUTODIDACT_GYM_BRIDGE`, else the source tree's copy, else the
-/// embedded copy written once to the temp directory.
-pub fn gym_bridge_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(BRIDGE_ENV_VAR) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            return Err(EnvError::Config(format!(
-                "{BRIDGE_ENV_VAR}={} is not a file",
-                p.display()
-            )));
-        }
-        return Ok(p);
+/// The bridge script the user chose with [`BRIDGE_ENV_VAR`], if any.
+pub fn bridge_override() -> Result<Option<PathBuf>> {
+    let Some(p) = std::env::var_os(BRIDGE_ENV_VAR) else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(p);
+    if !p.is_file() {
+        return Err(EnvError::Config(format!(
+            "{BRIDGE_ENV_VAR}={} is not a file",
+            p.display()
+        )));
     }
-    let in_tree = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("gym_bridge.py");
-    if in_tree.is_file() {
-        return Ok(in_tree);
-    }
-    write_embedded()
+    Ok(Some(p))
 }
 
-/// Writes the embedded bridge to the temp directory (once per content) and returns its path.
-/// Used when the source tree is gone, e.g. for an installed binary.
+// Passed as one argument to `python3 -c`; Linux caps a single argument at 128 KiB.
+const _: () = assert!(GYM_BRIDGE_SOURCE.len() < 100_000);
+
+/// The `python3 -c` program that runs the embedded bridge: it first drops the working
+/// directory from `sys.path`, where `-c` puts it (a `json.py` planted in the runtime's working
+/// directory would otherwise be imported), then runs the source passed as the next argument
+/// as `__main__`.
+pub const BOOTSTRAP: &str = "import sys\n\
+if sys.path and sys.path[0] == '':\n    del sys.path[0]\n\
+source = sys.argv.pop(1)\n\
+exec(compile(source, '<gym_bridge.py>', 'exec'), {'__name__': '__main__'})\n";
+
+/// Writes the embedded bridge to a fresh private directory and returns the script's path,
+/// for users who want the bridge as a file (e.g. to serve over TCP without the source tree).
+///
+/// The directory is new for every call, created by us with mode 0700 (`mkdtemp`), and the
+/// file is created exclusively, so nothing another user planted in the temp directory is
+/// ever reused. The caller owns the directory (the script's parent) and should remove it.
+/// `gym:` IDs do not use this: they pass the embedded source to `python3 -c`, with no file.
 pub fn write_embedded() -> Result<PathBuf> {
-    // The content hash in the name means a stale copy from another version is never reused.
-    let hash = GYM_BRIDGE_SOURCE
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let path = std::env::temp_dir().join(format!("autodidact-gym-bridge-{hash:016x}.py"));
-    if path.is_file() {
-        return Ok(path);
-    }
-    // Write under a private name, then rename: concurrent runtimes never see half a script.
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, GYM_BRIDGE_SOURCE)
-        .map_err(|e| EnvError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| EnvError::io(format!("rename to {}", path.display()), e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("autodidact-gym-bridge-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| EnvError::io("create a private directory for the gym bridge", e))?;
+    let path = dir.path().join("gym_bridge.py");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| EnvError::io(format!("create {}", path.display()), e))?;
+    f.write_all(GYM_BRIDGE_SOURCE.as_bytes())
+        .map_err(|e| EnvError::io(format!("write {}", path.display()), e))?;
+    // Written completely: from now on the directory outlives this handle.
+    let _ = dir.keep();
     Ok(path)
 }
 
@@ -72,11 +87,13 @@ pub fn gym_transport(gym_id: &str) -> Result<Transport> {
             "`gym:` needs a Gymnasium id, e.g. gym:CartPole-v1".into(),
         ));
     }
-    let mut args = vec![
-        gym_bridge_path()?.to_string_lossy().into_owned(),
-        "--env".into(),
-        gym_id.into(),
-    ];
+    // Without an explicit script, the embedded source runs from the command line: there is
+    // no file for anyone to plant or swap, and no dependence on the source tree.
+    let mut args = match bridge_override()? {
+        Some(p) => vec![p.to_string_lossy().into_owned()],
+        None => vec!["-c".into(), BOOTSTRAP.into(), GYM_BRIDGE_SOURCE.into()],
+    };
+    args.extend(["--env".into(), gym_id.into()]);
     let spin = bridge_spin();
     if !spin.is_zero() {
         args.extend(["--spin-us".into(), spin.as_micros().to_string()]);

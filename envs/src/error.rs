@@ -89,10 +89,12 @@ pub enum EnvError {
     /// The peer answered with an `error` message.
     #[error("peer reported an error: {0}")]
     Peer(String),
-    /// The peer did not answer in time.
+    /// A call did not finish in time: writing a request and reading its answer (within
+    /// `call_timeout`), or opening a session (resolving, connecting, `hello`, within
+    /// `connect_timeout`).
     #[error("peer did not answer `{op}` within {timeout:?}")]
     Timeout {
-        /// The request that went unanswered.
+        /// The request that went unanswered, or `resolve …` / `connect to …`.
         op: String,
         /// The configured limit.
         timeout: Duration,
@@ -123,6 +125,31 @@ pub enum EnvError {
 }
 
 impl EnvError {
+    /// A short, stable label for an error caused by the world (its peer process, socket or
+    /// simulator), for counting faults by kind: `"protocol"`, `"peer_error"`, `"timeout"`,
+    /// `"disconnected"`, `"restarts_exhausted"`, `"io"`. `None` for mistakes of the caller or
+    /// its configuration (unknown id, invalid action, `step` without `reset`, bad config),
+    /// which retrying with the same inputs cannot fix.
+    ///
+    /// After a fault from `step`, ending the episode and calling `reset` is always safe; see
+    /// the fault table in `PROTOCOL.md`. The labels match `info["peer_fault"]` of a step that
+    /// a fault truncated (`"timeout"`, `"disconnected"`).
+    pub fn fault_kind(&self) -> Option<&'static str> {
+        match self {
+            EnvError::Protocol(_) => Some("protocol"),
+            EnvError::Peer(_) => Some("peer_error"),
+            EnvError::Timeout { .. } => Some("timeout"),
+            EnvError::Disconnected { .. } => Some("disconnected"),
+            EnvError::RestartsExhausted { .. } => Some("restarts_exhausted"),
+            EnvError::Io { .. } => Some("io"),
+            EnvError::UnknownId { .. }
+            | EnvError::DuplicateId(_)
+            | EnvError::InvalidAction(_)
+            | EnvError::NeedsReset
+            | EnvError::Config(_) => None,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
@@ -133,3 +160,46 @@ impl EnvError {
 
 /// Result alias of this crate.
 pub type Result<T, E = EnvError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_of_the_world_are_told_apart_from_caller_mistakes() {
+        let faults = [
+            EnvError::Protocol(ProtocolError::NotUtf8),
+            EnvError::Peer("x".into()),
+            EnvError::Timeout {
+                op: "step".into(),
+                timeout: Duration::from_secs(1),
+            },
+            EnvError::Disconnected { op: "step".into() },
+            EnvError::RestartsExhausted {
+                attempts: 1,
+                last: "x".into(),
+            },
+            EnvError::io("spawn", std::io::Error::other("x")),
+        ];
+        let kinds: Vec<_> = faults.iter().filter_map(EnvError::fault_kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "protocol",
+                "peer_error",
+                "timeout",
+                "disconnected",
+                "restarts_exhausted",
+                "io"
+            ]
+        );
+        for e in [
+            EnvError::InvalidAction("x".into()),
+            EnvError::NeedsReset,
+            EnvError::Config("x".into()),
+            EnvError::DuplicateId("x".into()),
+        ] {
+            assert_eq!(e.fault_kind(), None, "{e}");
+        }
+    }
+}

@@ -38,8 +38,9 @@ pub struct GridWorld {
 }
 
 impl GridWorld {
-    /// Parses a map; it needs exactly one `S` and one `G`, at most one `K` and `D`, and equal
-    /// row lengths.
+    /// Parses a map; it needs exactly one `S` and one `G`, at most one `K` and `D`, equal
+    /// row lengths, and fewer than [`MAX_SPACE_ELEMENTS`](crate::space::MAX_SPACE_ELEMENTS)
+    /// cells.
     pub fn from_ascii(map: &str) -> Result<Self> {
         let rows: Vec<&str> = map
             .lines()
@@ -52,6 +53,13 @@ impl GridWorld {
             return Err(EnvError::Config(
                 "grid map must be a non-empty rectangle".into(),
             ));
+        }
+        // One observation element per cell (plus the key flag): bounded like any Box.
+        if width.saturating_mul(height) >= crate::space::MAX_SPACE_ELEMENTS {
+            return Err(EnvError::Config(format!(
+                "grid of {width}×{height} cells exceeds the limit of {} observation elements",
+                crate::space::MAX_SPACE_ELEMENTS
+            )));
         }
         let (mut start, mut goal, mut key, mut door) = (None, None, None, None);
         let mut walls = vec![false; width * height];

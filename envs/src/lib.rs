@@ -38,5 +38,5 @@ pub use nonstationary::{
 };
 pub use registry::{Registry, known_ids, make, register};
 pub use remote::{RemoteConfig, RemoteEnv, RemoteStats, Transport};
-pub use space::{Action, Space};
+pub use space::{Action, MAX_DISCRETE_N, MAX_SHAPE_DIMS, MAX_SPACE_ELEMENTS, Space};
 pub use vec_env::{VecEnv, VecStep};

@@ -235,9 +235,11 @@ fn std_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
 }
 
 impl DriftingBandit {
-    /// `arms` arms with means from N(0, 1), reward noise `noise`, and the given drift.
+    /// `arms` arms (at most [`MAX_DISCRETE_N`](crate::space::MAX_DISCRETE_N)) with means from
+    /// N(0, 1), reward noise `noise`, and the given drift.
     pub fn new(arms: usize, drift: Drift, noise: f64) -> Result<Self> {
         let ok = arms > 0
+            && u64::try_from(arms).is_ok_and(|a| a <= crate::space::MAX_DISCRETE_N)
             && noise.is_finite()
             && noise >= 0.0
             && match drift {

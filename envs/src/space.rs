@@ -5,8 +5,43 @@ use serde_json::{Value, json};
 
 use crate::error::{EnvError, ProtocolError};
 
+/// Largest `n` of a `Discrete` space, and of each component of a `MultiDiscrete` space.
+///
+/// An agent sizes its network's output (or a table) by `n`; far beyond any action set a
+/// value-based agent can learn, and small enough that `n` outputs never strain memory. A
+/// peer declaring more is refused at the handshake.
+pub const MAX_DISCRETE_N: u64 = 65_536;
+
+/// Most elements a `Box` space may have (the product of its shape, and each dimension on its
+/// own), and most components of a `MultiDiscrete` space: 1,048,576 (`2^20`), e.g. a
+/// 1024×1024 image, 4 MiB of `f32`s per observation.
+///
+/// An agent allocates per element (network input, normaliser, replay rows), so a declared
+/// size must be bounded before anyone allocates for it.
+pub const MAX_SPACE_ELEMENTS: usize = 1 << 20;
+
+/// Most dimensions of a `Box` shape (numpy's own limit is 64).
+pub const MAX_SHAPE_DIMS: usize = 64;
+
+/// Elements of a Box of this shape, if within [`MAX_SPACE_ELEMENTS`] and
+/// [`MAX_SHAPE_DIMS`].
+fn bounded_elements(shape: &[usize]) -> Option<usize> {
+    if shape.len() > MAX_SHAPE_DIMS || shape.iter().any(|&d| d > MAX_SPACE_ELEMENTS) {
+        return None;
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_SPACE_ELEMENTS)
+}
+
 /// A Gymnasium space. Observations are always flat `f32` vectors of `flat_dim()` elements;
 /// `shape` keeps the original layout for consumers that care (images, grids).
+///
+/// The fields are public, so a value can describe a space this crate refuses: [`Space::check`]
+/// tells (sizes against [`MAX_DISCRETE_N`], [`MAX_SPACE_ELEMENTS`] and [`MAX_SHAPE_DIMS`];
+/// bounds). Spaces declared by a peer are always checked; no method panics on an unchecked
+/// space.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Space {
     /// Integers `0..n`.
@@ -42,14 +77,31 @@ pub enum Action {
 }
 
 impl Space {
-    /// A box with the same bounds for every element.
+    /// A box with the same bounds for every element, for shapes known to be small (the
+    /// native envs). A shape over the limits gives a box without bounds, which
+    /// [`Space::check`] rejects, instead of a huge allocation; [`Space::try_uniform_box`]
+    /// reports that as an error.
     pub fn uniform_box(low: f32, high: f32, shape: Vec<usize>) -> Self {
-        let n = shape.iter().product();
+        let n = bounded_elements(&shape).unwrap_or(0);
         Space::Box {
             low: vec![low; n],
             high: vec![high; n],
             shape,
         }
+    }
+
+    /// [`Space::uniform_box`] for shapes and bounds from outside: errors if the shape is over
+    /// the limits or the bounds are unusable (NaN, `low > high`, empty).
+    pub fn try_uniform_box(low: f32, high: f32, shape: Vec<usize>) -> Result<Self, EnvError> {
+        if bounded_elements(&shape).is_none() {
+            return Err(EnvError::Config(format!(
+                "Box of shape {shape:?} exceeds {MAX_SPACE_ELEMENTS} elements or \
+                 {MAX_SHAPE_DIMS} dimensions"
+            )));
+        }
+        let s = Self::uniform_box(low, high, shape);
+        s.check().map_err(|e| EnvError::Config(e.to_string()))?;
+        Ok(s)
     }
 
     /// A box from per-element bounds of a flat vector; errors if lengths differ or low > high.
@@ -60,43 +112,72 @@ impl Space {
         Ok(s)
     }
 
-    /// Number of `f32`s an element of this space flattens to.
+    /// Number of `f32`s an element of this space flattens to (saturating at `usize::MAX` for
+    /// an unchecked shape whose product overflows).
     pub fn flat_dim(&self) -> usize {
         match self {
             Space::Discrete { .. } => 1,
-            Space::Box { shape, .. } => shape.iter().product(),
+            Space::Box { shape, .. } => shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .unwrap_or(usize::MAX),
             Space::MultiDiscrete { nvec } => nvec.len(),
         }
     }
 
-    /// Internal consistency of a space description (used on spaces from peers).
+    /// Whether this space is one this crate accepts: sizes within [`MAX_DISCRETE_N`],
+    /// [`MAX_SPACE_ELEMENTS`] and [`MAX_SHAPE_DIMS`], no empty choice, and Box bounds with one
+    /// bound per element, no NaN, `low <= high`, `low < +inf` and `high > -inf` (so the box
+    /// is not empty). Applied to every space a peer declares.
     pub fn check(&self) -> Result<(), ProtocolError> {
+        let bad = |m: String| Err(ProtocolError::BadSpace(m));
         match self {
-            Space::Discrete { n } if *n == 0 => Err(ProtocolError::BadSpace("Discrete n=0".into())),
+            Space::Discrete { n } if *n == 0 => bad("Discrete n=0".into()),
+            Space::Discrete { n } if *n > MAX_DISCRETE_N => bad(format!(
+                "Discrete n={n} exceeds the limit of {MAX_DISCRETE_N} actions"
+            )),
             Space::Discrete { .. } => Ok(()),
             Space::Box { low, high, shape } => {
-                let n: usize = shape.iter().product();
+                let Some(n) = bounded_elements(shape) else {
+                    return bad(format!(
+                        "Box of shape {:?} exceeds the limit of {MAX_SPACE_ELEMENTS} elements \
+                         or {MAX_SHAPE_DIMS} dimensions",
+                        &shape[..shape.len().min(8)]
+                    ));
+                };
                 if low.len() != n || high.len() != n {
-                    return Err(ProtocolError::BadSpace(format!(
+                    return bad(format!(
                         "Box shape {shape:?} needs {n} bounds, got low {} high {}",
                         low.len(),
                         high.len()
-                    )));
+                    ));
                 }
-                if low
-                    .iter()
-                    .zip(high)
-                    .any(|(l, h)| l.is_nan() || h.is_nan() || l > h)
-                {
-                    return Err(ProtocolError::BadSpace(
-                        "Box bound NaN or low > high".into(),
+                if let Some(i) = low.iter().zip(high).position(|(l, h)| {
+                    l.is_nan()
+                        || h.is_nan()
+                        || l > h
+                        || *l == f32::INFINITY
+                        || *h == f32::NEG_INFINITY
+                }) {
+                    return bad(format!(
+                        "Box element {i}: bounds [{}, {}] are NaN or empty",
+                        low[i], high[i]
                     ));
                 }
                 Ok(())
             }
             Space::MultiDiscrete { nvec } => {
-                if nvec.contains(&0) {
-                    Err(ProtocolError::BadSpace("MultiDiscrete with a zero".into()))
+                if nvec.len() > MAX_SPACE_ELEMENTS {
+                    bad(format!(
+                        "MultiDiscrete of {} components exceeds the limit of {MAX_SPACE_ELEMENTS}",
+                        nvec.len()
+                    ))
+                } else if nvec.contains(&0) {
+                    bad("MultiDiscrete with a zero".into())
+                } else if let Some(n) = nvec.iter().find(|&&n| n > MAX_DISCRETE_N) {
+                    bad(format!(
+                        "MultiDiscrete component {n} exceeds the limit of {MAX_DISCRETE_N}"
+                    ))
                 } else {
                     Ok(())
                 }
@@ -162,25 +243,24 @@ impl Space {
         Ok(())
     }
 
-    /// A uniformly random action (infinite Box bounds are replaced by a unit normal-ish range).
+    /// A uniformly random action. For a space that passes [`Space::check`] the action
+    /// validates against it; a Box side with an infinite bound is drawn from a unit-width range
+    /// next to the finite bound (or from `[-1, 1]` if both are infinite). Never panics, even
+    /// on an unchecked space (whose sample may then be invalid).
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Action {
+        // `random_range` panics on an empty range: n = 0 only occurs in unchecked spaces.
+        let choice = |rng: &mut R, n: u64| rng.random_range(0..n.clamp(1, i64::MAX as u64)) as i64;
         match self {
-            Space::Discrete { n } => Action::Discrete(rng.random_range(0..*n) as i64),
+            Space::Discrete { n } => Action::Discrete(choice(rng, *n)),
             Space::Box { low, high, .. } => Action::Continuous(
                 low.iter()
                     .zip(high)
-                    .map(|(&l, &h)| {
-                        let l = if l.is_finite() { l } else { -1.0 };
-                        let h = if h.is_finite() { h } else { 1.0 };
-                        if h > l { rng.random_range(l..=h) } else { l }
-                    })
+                    .map(|(&l, &h)| sample_between(rng, l, h))
                     .collect(),
             ),
-            Space::MultiDiscrete { nvec } => Action::MultiDiscrete(
-                nvec.iter()
-                    .map(|&n| rng.random_range(0..n) as i64)
-                    .collect(),
-            ),
+            Space::MultiDiscrete { nvec } => {
+                Action::MultiDiscrete(nvec.iter().map(|&n| choice(rng, n)).collect())
+            }
         }
     }
 
@@ -229,15 +309,17 @@ impl Space {
                     .iter()
                     .map(|d| {
                         d.as_u64()
-                            .map(|d| d as usize)
+                            .and_then(|d| usize::try_from(d).ok())
                             .ok_or_else(|| bad("shape entry"))
                     })
                     .collect::<Result<_, _>>()?;
-                let n = shape
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .filter(|&n| n <= 1 << 24)
-                    .ok_or_else(|| bad("Box too large"))?;
+                // Checked before any bound is expanded to one per element.
+                let n = bounded_elements(&shape).ok_or_else(|| {
+                    bad(&format!(
+                        "Box shape exceeds the limit of {MAX_SPACE_ELEMENTS} elements or \
+                         {MAX_SHAPE_DIMS} dimensions"
+                    ))
+                })?;
                 let bounds = |key: &str, inf: f32| -> Result<Vec<f32>, ProtocolError> {
                     match v.get(key) {
                         Some(Value::Array(a)) => a
@@ -276,6 +358,33 @@ impl Space {
         };
         space.check()?;
         Ok(space)
+    }
+}
+
+/// A uniform draw from `[l, h]`, computed in `f64` so that `h - l` cannot overflow even for
+/// bounds near `±f32::MAX`, and clamped so that rounding back to `f32` stays inside.
+fn sample_between<R: Rng + ?Sized>(rng: &mut R, l: f32, h: f32) -> f32 {
+    let (lo, hi) = match (l.is_finite(), h.is_finite()) {
+        (true, true) => (f64::from(l), f64::from(h)),
+        (true, false) => (f64::from(l), f64::from(l).max(0.0) + 1.0),
+        (false, true) => (f64::from(h).min(0.0) - 1.0, f64::from(h)),
+        (false, false) => (-1.0, 1.0),
+    };
+    let x = if hi > lo {
+        lo + (hi - lo) * rng.random::<f64>()
+    } else {
+        lo
+    };
+    // max/min rather than clamp: clamp panics on inverted (unchecked) bounds.
+    let y = x.max(lo).min(hi) as f32;
+    // A finite x a little beyond f32::MAX rounds to f32::MAX; the bounds are exact f32s, so
+    // this clip only undoes rounding.
+    if y < l {
+        l
+    } else if y > h {
+        h
+    } else {
+        y
     }
 }
 

@@ -93,7 +93,8 @@ impl<E: Env> Env for ClipAction<E> {
                 let clipped = v
                     .iter()
                     .zip(low.iter().zip(high))
-                    .map(|(x, (l, h))| x.clamp(*l, *h))
+                    // max/min, not clamp: clamp panics on bounds a space check would refuse.
+                    .map(|(x, (l, h))| x.max(*l).min(*h))
                     .collect();
                 self.inner.step(&Action::Continuous(clipped))
             }

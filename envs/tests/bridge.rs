@@ -168,4 +168,6 @@ fn embedded_bridge_copy_works_without_the_source_tree() {
     let mut native = make("MountainCar-v0").unwrap();
     let n = same_episode(native.as_mut(), &mut env, 9, |_| Action::Discrete(2));
     assert_eq!(n, 200);
+    // The copy's private directory belongs to the caller.
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

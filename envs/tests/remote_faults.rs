@@ -314,3 +314,310 @@ fn refused_tcp_connection_is_an_io_error() {
         Err(EnvError::Io { .. })
     ));
 }
+
+/// Kills the grandchild if a test fails before the peer's group did, so no `sleep` leaks.
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            // SAFETY: kill only sends a signal, to a pid this test started (through its peer).
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts a peer with a long-lived helper process; returns the env and the helper's pid.
+fn with_grandchild(fault: &str, dir: &tempfile::TempDir) -> (RemoteEnv, Reap) {
+    let file = dir.path().join("grandchild");
+    let f = file.to_string_lossy().into_owned();
+    let mut env = RemoteEnv::connect(peer(fault, &["--grandchild", &f]), fast_config()).unwrap();
+    env.reset(None).unwrap();
+    // The peer wrote it before answering hello.
+    let pid: u32 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    assert!(pid_alive(pid), "the helper runs");
+    (env, Reap(pid))
+}
+
+/// Waits (with a hang-detecting limit) for `pid` to die.
+fn dies(pid: u32) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if !pid_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn dropped_peer_takes_its_process_group_with_it() {
+    if !have_python("dropped_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (env, helper) = with_grandchild("none", &dir);
+    drop(env);
+    assert!(
+        dies(helper.0),
+        "the peer's helper outlived the dropped peer"
+    );
+}
+
+#[test]
+fn closed_peer_takes_its_process_group_with_it() {
+    if !have_python("closed_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, helper) = with_grandchild("none", &dir);
+    env.close().unwrap();
+    assert!(dies(helper.0), "the peer's helper outlived the closed peer");
+}
+
+#[test]
+fn timed_out_peer_takes_its_process_group_with_it() {
+    if !have_python("timed_out_peer_takes_its_process_group_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, helper) = with_grandchild("hang", &dir);
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    assert_eq!(env.step(&A).unwrap().info["peer_fault"], "timeout");
+    assert!(dies(helper.0), "the hung peer's helper outlived it");
+    // The env is still usable: a fresh peer (and helper) serves the next episode.
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+}
+
+/// Drives a peer with `fault` into its fault the way an agent would (stepping until a step
+/// fails or is cut), then checks that `reset` + `step` serve a fresh episode. Returns the
+/// failed step's outcome.
+fn recovers_after(fault: &str) -> Result<autodidact_envs::Step, EnvError> {
+    let mut env = connect(fault);
+    env.reset(None).unwrap();
+    let mut outcome = None;
+    for _ in 0..3 {
+        match env.step(&A) {
+            Ok(s) if !s.truncated => {}
+            other => {
+                outcome = Some(other);
+                break;
+            }
+        }
+    }
+    let outcome = outcome.unwrap_or_else(|| panic!("{fault}: no fault within 3 steps"));
+    let (obs, _) = env
+        .reset(None)
+        .unwrap_or_else(|e| panic!("{fault}: reset after the fault failed: {e}"));
+    assert_eq!(obs, vec![0.0, 0.5], "{fault}: a fresh episode");
+    assert_eq!(
+        env.step(&A).unwrap().obs,
+        vec![1.0, 0.5],
+        "{fault}: stepping works again"
+    );
+    let s = env.stats();
+    assert!(
+        s.timeouts + s.disconnects + s.protocol_errors + s.peer_errors >= 1,
+        "{fault}: the fault is counted: {s:?}"
+    );
+    outcome
+}
+
+#[test]
+fn crash_then_reset_and_step_work() {
+    if have_python("crash_then_reset_and_step_work") {
+        assert_eq!(
+            recovers_after("crash").unwrap().info["peer_fault"],
+            "disconnected"
+        );
+    }
+}
+
+#[test]
+fn hang_then_reset_and_step_work() {
+    if have_python("hang_then_reset_and_step_work") {
+        assert_eq!(
+            recovers_after("hang").unwrap().info["peer_fault"],
+            "timeout"
+        );
+    }
+}
+
+#[test]
+fn garbage_then_reset_and_step_work() {
+    if have_python("garbage_then_reset_and_step_work") {
+        assert!(matches!(
+            recovers_after("garbage"),
+            Err(EnvError::Protocol(ProtocolError::Malformed(_)))
+        ));
+    }
+}
+
+#[test]
+fn nan_then_reset_and_step_work() {
+    if have_python("nan_then_reset_and_step_work") {
+        assert!(matches!(
+            recovers_after("nan"),
+            Err(EnvError::Protocol(ProtocolError::NonFinite { .. }))
+        ));
+    }
+}
+
+#[test]
+fn shape_then_reset_and_step_work() {
+    if have_python("shape_then_reset_and_step_work") {
+        assert!(matches!(
+            recovers_after("shape"),
+            Err(EnvError::Protocol(ProtocolError::WrongShape { .. }))
+        ));
+    }
+}
+
+#[test]
+fn unknown_then_reset_and_step_work() {
+    if have_python("unknown_then_reset_and_step_work") {
+        assert!(matches!(
+            recovers_after("unknown"),
+            Err(EnvError::Protocol(ProtocolError::UnknownMessage(_)))
+        ));
+    }
+}
+
+#[test]
+fn error_then_reset_and_step_work() {
+    if have_python("error_then_reset_and_step_work") {
+        assert!(matches!(recovers_after("error"), Err(EnvError::Peer(_))));
+    }
+}
+
+#[test]
+fn longline_then_reset_and_step_work() {
+    if have_python("longline_then_reset_and_step_work") {
+        // With the default line limit the endless line is cut by the call's deadline.
+        assert_eq!(
+            recovers_after("longline").unwrap().info["peer_fault"],
+            "timeout"
+        );
+    }
+}
+
+#[test]
+fn huge_reward_is_a_fault_then_reset_and_step_work() {
+    if have_python("huge_reward_is_a_fault_then_reset_and_step_work") {
+        // 1e300 is finite JSON but no f32: passing it on would overflow the agent's reward.
+        match recovers_after("hugereward") {
+            Err(EnvError::Protocol(ProtocolError::NonFinite { field })) => {
+                assert_eq!(field, "reward")
+            }
+            other => panic!("expected a non-finite reward error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn failed_reset_ends_the_episode() {
+    if !have_python("failed_reset_ends_the_episode") {
+        return;
+    }
+    let mut env =
+        RemoteEnv::connect(peer("reset-error", &["--after", "2"]), fast_config()).unwrap();
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    assert!(matches!(env.reset(None), Err(EnvError::Peer(_))));
+    assert_eq!(env.stats().peer_errors, 1);
+    // The old episode is over (a reset was asked for), and no new one started.
+    assert!(matches!(env.step(&A), Err(EnvError::NeedsReset)));
+    env.reset(None).unwrap();
+    assert_eq!(env.step(&A).unwrap().obs, vec![1.0, 0.5]);
+}
+
+#[test]
+fn exhausted_restarts_are_retried_by_a_later_reset() {
+    if !have_python("exhausted_restarts_are_retried_by_a_later_reset") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let launches = dir.path().join("launches");
+    let dead = dir.path().join("dead");
+    std::fs::write(&dead, "").unwrap();
+    let (l, d) = (
+        launches.to_string_lossy().into_owned(),
+        dead.to_string_lossy().into_owned(),
+    );
+    let mut env = RemoteEnv::connect(
+        peer("dead-after-first", &["--launches", &l, "--dead-file", &d]),
+        fast_config(),
+    )
+    .unwrap();
+    env.reset(None).unwrap();
+    env.step(&A).unwrap();
+    env.step(&A).unwrap();
+    assert!(env.step(&A).unwrap().truncated);
+    for round in 1..=2 {
+        assert!(
+            matches!(env.reset(None), Err(EnvError::RestartsExhausted { .. })),
+            "round {round}"
+        );
+        assert_eq!(env.stats().restarts_exhausted, round);
+        assert_eq!(env.stats().failed_restarts, 3 * round);
+    }
+    // The peer can be started again: the next reset picks it up.
+    std::fs::remove_file(&dead).unwrap();
+    let (obs, _) = env.reset(None).unwrap();
+    assert_eq!(obs, vec![0.0, 0.5]);
+    env.step(&A).unwrap();
+    assert_eq!(env.stats().restarts, 1);
+    let starts = std::fs::read_to_string(&launches).unwrap().lines().count();
+    assert_eq!(starts, 1 + 3 + 3 + 1);
+}
+
+#[test]
+fn random_faults_never_stop_an_agent_like_loop() {
+    if !have_python("random_faults_never_stop_an_agent_like_loop") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("launches").to_string_lossy().into_owned();
+    let cfg = RemoteConfig {
+        call_timeout: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let t = peer(
+        "random",
+        &[
+            "--seed",
+            "7",
+            "--prob",
+            "0.1",
+            "--hang-s",
+            "1",
+            "--launches",
+            &l,
+        ],
+    );
+    let mut env = RemoteEnv::connect(t, cfg).unwrap();
+    let (mut good, mut faults, mut need_reset) = (0u32, 0u32, true);
+    for _ in 0..120 {
+        if need_reset {
+            match env.reset(None) {
+                Ok(_) => need_reset = false,
+                Err(EnvError::RestartsExhausted { .. } | EnvError::Peer(_)) => continue,
+                Err(e) => panic!("reset failed with {e:?}"),
+            }
+        }
+        match env.step(&A) {
+            Ok(s) if !s.truncated => good += 1,
+            Ok(_) | Err(EnvError::Protocol(_) | EnvError::Peer(_)) => {
+                faults += 1;
+                need_reset = true;
+            }
+            Err(e) => panic!("step failed with {e:?}"),
+        }
+    }
+    assert!(faults >= 3, "the peer injected faults: {faults}");
+    assert!(good >= 50, "and served between them: {good}");
+    assert!(env.stats().restarts >= 1, "{:?}", env.stats());
+}

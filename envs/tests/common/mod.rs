@@ -19,11 +19,23 @@ fn python_ok(code: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// True if `python3` runs; prints the skip reason otherwise.
+/// Environment variable that turns a skip for a missing python3/gymnasium into a failure (CI
+/// sets it, so a broken CI image cannot pass by skipping).
+pub const REQUIRE_PYTHON_VAR: &str = "AUTODIDACT_REQUIRE_PYTHON";
+
+fn skip(test: &str, why: &str) {
+    if std::env::var(REQUIRE_PYTHON_VAR).is_ok_and(|v| v == "1") {
+        panic!("{test}: {why}, and {REQUIRE_PYTHON_VAR}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+}
+
+/// True if `python3` runs; prints the skip reason otherwise (or panics, see
+/// [`REQUIRE_PYTHON_VAR`]).
 pub fn have_python(test: &str) -> bool {
     let ok = python_ok("import sys");
     if !ok {
-        eprintln!("SKIP {test}: python3 is not available on PATH");
+        skip(test, "python3 is not available on PATH");
     }
     ok
 }
@@ -35,7 +47,10 @@ pub fn have_gymnasium(test: &str) -> bool {
     }
     let ok = python_ok("import gymnasium, numpy");
     if !ok {
-        eprintln!("SKIP {test}: python3 cannot import gymnasium/numpy (pip install gymnasium)");
+        skip(
+            test,
+            "python3 cannot import gymnasium/numpy (pip install gymnasium)",
+        );
     }
     ok
 }

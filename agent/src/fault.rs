@@ -136,6 +136,30 @@ pub fn check_step(step: autodidact_envs::Result<Step>, obs_dim: usize) -> Result
     Ok(step)
 }
 
+/// Checks an environment's declared spaces against the documented limits of `envs`
+/// (`MAX_DISCRETE_N`, `MAX_SPACE_ELEMENTS`, finite ordered bounds) before anything is sized
+/// from them: a remote peer's spaces are checked at its handshake, a Rust environment's are
+/// checked here.
+pub fn check_spaces(env: &dyn autodidact_envs::Env) -> Result<(), Fault> {
+    for (which, space) in [
+        ("observation", env.observation_space()),
+        ("action", env.action_space()),
+    ] {
+        space.check().map_err(|e| Fault {
+            kind: FaultKind::Protocol,
+            message: format!("the environment's {which} space is unusable: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes an environment from its ID and checks its spaces (see [`check_spaces`]).
+pub fn make_env(id: &str) -> crate::error::Result<Box<dyn autodidact_envs::Env>> {
+    let env = autodidact_envs::make(id)?;
+    check_spaces(env.as_ref())?;
+    Ok(env)
+}
+
 /// Exponential backoff between retries of a failing environment: 50 ms, doubling per fault in
 /// a row, up to a cap; a good step starts it again from the bottom.
 #[derive(Clone, Debug)]

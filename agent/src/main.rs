@@ -473,7 +473,7 @@ fn eval_command(a: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot load the model from {}", file.display()))?;
     let snapshot =
         autodidact_core::Snapshot::from_network(&loaded.network, autodidact_core::Precision::F32)?;
-    let mut e = autodidact_envs::make(&env)
+    let mut e = autodidact::fault::make_env(&env)
         .with_context(|| format!("cannot start environment `{env}` (see `autodidact envs`)"))?;
     let report = autodidact::eval::evaluate(e.as_mut(), &snapshot, episodes, seed)
         .with_context(|| format!("evaluation in `{env}` failed"))?;
@@ -542,7 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let episodes = episodes as usize;
-            let mut e = autodidact_envs::make(&env).with_context(|| {
+            let mut e = autodidact::fault::make_env(&env).with_context(|| {
                 format!("cannot start environment `{env}` (see `autodidact envs`)")
             })?;
             let bar = if json {

@@ -597,7 +597,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         resume,
     } = setup;
     let c = &config;
-    let mut env = autodidact_envs::make(&env_id)?;
+    let mut env = crate::fault::make_env(&env_id)?;
     let obs_dim = env.observation_space().flat_dim();
     let n_actions = match env.action_space() {
         Space::Discrete { n } if *n >= 1 => *n as usize,

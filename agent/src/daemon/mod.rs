@@ -1328,16 +1328,22 @@ impl Daemon {
         // Every environment first: an unreachable adapter is an error before anything is
         // written.
         let make = |i: usize, id: &str| {
-            factory(id).map_err(|e| {
-                AgentError::Config(format!(
-                    "daemon.envs: cannot start environment `{id}` for {}: {e}",
-                    if i == usize::MAX {
-                        "the gate".to_string()
-                    } else {
-                        format!("actor {i}")
-                    }
-                ))
-            })
+            factory(id)
+                .map_err(AgentError::from)
+                .and_then(|env| {
+                    fault::check_spaces(env.as_ref())?;
+                    Ok(env)
+                })
+                .map_err(|e| {
+                    AgentError::Config(format!(
+                        "daemon.envs: cannot start environment `{id}` for {}: {e}",
+                        if i == usize::MAX {
+                            "the gate".to_string()
+                        } else {
+                            format!("actor {i}")
+                        }
+                    ))
+                })
         };
         let mut envs = Vec::with_capacity(cfg.daemon.actors);
         for i in 0..cfg.daemon.actors {

@@ -144,7 +144,27 @@ pub struct HttpSection {
     /// when `bind` is not a loopback address. The environment variable
     /// `AUTODIDACT_HTTP_TOKEN` is used when this is empty.
     pub token: String,
+    /// Connections served at once; one more is accepted and closed at once. Each costs a file
+    /// descriptor, and the daemon's checkpoints and replay file need theirs: the start fails
+    /// when this exceeds half the open-file limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// Seconds a client has to send a whole request head, from the moment the connection opens
+    /// or its previous answer is sent (so it also bounds how long a kept-alive connection may
+    /// wait for its next request).
+    pub header_read_timeout_s: f64,
+    /// Seconds a connection may go without a byte read or written before it is closed (a
+    /// client that stops sending its body, or stops reading its answer).
+    pub idle_timeout_s: f64,
+    /// Largest request body accepted (413 beyond it; no endpoint reads one today).
+    pub max_body_bytes: u64,
 }
+
+/// Bounds of `http.max_connections`.
+pub const HTTP_MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=4096;
+/// Bounds of `http.header_read_timeout_s` and `http.idle_timeout_s`, in seconds.
+pub const HTTP_TIMEOUT_S: std::ops::RangeInclusive<f64> = 0.1..=3600.0;
+/// Upper bound of `http.max_body_bytes` (64 MiB).
+pub const HTTP_MAX_BODY_BYTES: u64 = 64 << 20;
 
 impl Default for HttpSection {
     fn default() -> Self {
@@ -152,6 +172,10 @@ impl Default for HttpSection {
             enabled: true,
             bind: "127.0.0.1:7979".into(),
             token: String::new(),
+            max_connections: 64,
+            header_read_timeout_s: 10.0,
+            idle_timeout_s: 60.0,
+            max_body_bytes: 64 << 10,
         }
     }
 }
@@ -381,7 +405,24 @@ impl HttpSection {
                 ),
             );
         }
-        Ok(())
+        bounds::size(
+            "http.max_connections",
+            self.max_connections,
+            *HTTP_MAX_CONNECTIONS.start() as u64,
+            *HTTP_MAX_CONNECTIONS.end() as u64,
+        )?;
+        for (key, v) in [
+            ("http.header_read_timeout_s", self.header_read_timeout_s),
+            ("http.idle_timeout_s", self.idle_timeout_s),
+        ] {
+            bounds::real(key, v, *HTTP_TIMEOUT_S.start(), *HTTP_TIMEOUT_S.end())?;
+        }
+        bounds::int(
+            "http.max_body_bytes",
+            self.max_body_bytes,
+            0,
+            HTTP_MAX_BODY_BYTES,
+        )
     }
 }
 
@@ -467,6 +508,15 @@ mod tests {
             ),
             ("reflection.every_s=1e-12", "reflection.every_s"),
             ("reflection.every_s=1e20", "reflection.every_s"),
+            ("http.max_connections=0", "http.max_connections"),
+            ("http.max_connections=5000", "http.max_connections"),
+            ("http.header_read_timeout_s=0", "http.header_read_timeout_s"),
+            (
+                "http.header_read_timeout_s=nan",
+                "http.header_read_timeout_s",
+            ),
+            ("http.idle_timeout_s=1e9", "http.idle_timeout_s"),
+            ("http.max_body_bytes=1e12", "http.max_body_bytes"),
             ("daemon.nonsense=1", "nonsense"),
         ] {
             let err = DaemonConfig::load(None, &[kv.to_string()]).unwrap_err();

@@ -1716,6 +1716,7 @@ impl Daemon {
     }
 
     fn start_http(&mut self) -> Result<()> {
+        http::check_fd_budget(&self.shared.cfg.http)?;
         let bind = self.shared.cfg.http.bind.clone();
         let rt = self.rt.as_ref().ok_or(AgentError::Panicked("runtime"))?;
         let listener = rt

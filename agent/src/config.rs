@@ -200,21 +200,7 @@ impl TrainConfig {
     /// Reads a TOML file over the defaults, then applies `key=value` overrides (`dqn.lr=3e-4`,
     /// `run.mode="lockstep"`; a value that is not valid TOML is taken as a string).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
-        let mut value = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| AgentError::RunDir {
-                    path: path.to_path_buf(),
-                    reason: format!("not a valid config: {e}"),
-                })?
-            }
-            None => toml::Table::new(),
-        };
-        for kv in overrides {
-            apply_override(&mut value, kv)?;
-        }
-        let cfg: TrainConfig =
-            toml::Table::try_into(value).map_err(|e| AgentError::Config(format!("{e}")))?;
+        let cfg: TrainConfig = load_layered(file, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -329,6 +315,43 @@ impl ReplaySection {
             (self.capacity as u64).min(MAX_EPISODE_STEPS),
         )
         .map_err(|e| AgentError::Config(format!("{e} (an episode must fit replay.capacity)")))
+    }
+}
+
+/// Loads a configuration the one way every command does: the built-in defaults of `T`, then
+/// `file`, then `key=value` overrides, each layer merged key by key over the one before. A
+/// section that a layer names keeps the defaults of `T` for the keys it leaves out (the
+/// daemon's bounded `replay.max_stored_transitions`, say, not the section type's own
+/// default); arrays such as `network.blocks` are replaced whole.
+pub(crate) fn load_layered<T>(file: Option<&Path>, overrides: &[String]) -> Result<T>
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    let mut value = toml::Table::try_from(T::default())
+        .map_err(|e| AgentError::Config(format!("the built-in defaults: {e}")))?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
+        let layer = toml::from_str::<toml::Table>(&text).map_err(|e| AgentError::RunDir {
+            path: path.to_path_buf(),
+            reason: format!("not a valid config: {e}"),
+        })?;
+        merge(&mut value, layer);
+    }
+    for kv in overrides {
+        apply_override(&mut value, kv)?;
+    }
+    toml::Table::try_into(value).map_err(|e| AgentError::Config(format!("{e}")))
+}
+
+/// Merges `layer` into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (k, v) in layer {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 

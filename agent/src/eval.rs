@@ -51,6 +51,18 @@ pub fn evaluate(
     episodes: usize,
     seed: u64,
 ) -> Result<EvalReport> {
+    evaluate_capped(env, snapshot, episodes, seed, MAX_EVAL_EPISODE_STEPS)
+}
+
+/// [`evaluate`] with episodes cut after `max_steps` steps: a run judges its models on
+/// episodes as long as those it learns from (`replay.max_episode_steps`).
+pub fn evaluate_capped(
+    env: &mut dyn Env,
+    snapshot: &Snapshot,
+    episodes: usize,
+    seed: u64,
+    max_steps: u64,
+) -> Result<EvalReport> {
     let Space::Discrete { n } = env.action_space().clone() else {
         return Err(AgentError::Config(format!(
             "greedy evaluation needs a discrete action space, the environment has {:?}",
@@ -89,7 +101,7 @@ pub fn evaluate(
             )?;
             ret += step.reward;
             len += 1;
-            if step.done() || len >= MAX_EVAL_EPISODE_STEPS {
+            if step.done() || len >= max_steps {
                 break;
             }
             obs = step.obs;

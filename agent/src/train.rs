@@ -35,7 +35,7 @@ use crate::adder::{Adder, ReplayAdder};
 use crate::config::{Mode, TrainConfig};
 use crate::dqn::{DqnLearner, with_suffix};
 use crate::error::{AgentError, Result};
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{EvalReport, evaluate_capped};
 use crate::fault::{Backoff, Fault, check_observation, check_step};
 use crate::learner::{Learner, LearnerMetrics};
 use crate::rate::{Admit, RateLimiter};
@@ -943,32 +943,41 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                     limiter.set_paused(true);
                 }
                 let weights = shared.source.latest();
-                let r = evaluate(
+                let r = evaluate_capped(
                     env.as_mut(),
                     &weights.snapshot,
                     c.run.eval_episodes,
                     episode_seed(c.run.seed, EVAL_EPISODES, 0),
+                    c.replay.max_episode_steps,
                 );
                 if let LearnerHost::Thread { limiter, .. } = &host {
                     limiter.set_paused(false);
                 }
-                let r = r?;
                 eval_secs += t.elapsed().as_secs_f64();
-                let point = EvalPoint {
-                    steps,
-                    train_secs: started.elapsed().as_secs_f64() - eval_secs,
-                    mean: r.mean,
-                    std: r.std,
-                };
-                tracing::info!(
-                    steps,
-                    updates = host.metrics().updates,
-                    mean = r.mean,
-                    std = r.std,
-                    "evaluation"
-                );
-                (hooks.on_eval)(&point);
-                evals.push(point);
+                match r {
+                    // A fault during an evaluation costs that evaluation, not the run.
+                    Err(AgentError::Fault(f)) => {
+                        tracing::warn!(steps, "evaluation skipped after a fault: {f}");
+                    }
+                    r => {
+                        let r = r?;
+                        let point = EvalPoint {
+                            steps,
+                            train_secs: started.elapsed().as_secs_f64() - eval_secs,
+                            mean: r.mean,
+                            std: r.std,
+                        };
+                        tracing::info!(
+                            steps,
+                            updates = host.metrics().updates,
+                            mean = r.mean,
+                            std = r.std,
+                            "evaluation"
+                        );
+                        (hooks.on_eval)(&point);
+                        evals.push(point);
+                    }
+                }
             }
             if steps >= next_checkpoint {
                 next_checkpoint = (steps / c.run.checkpoint_every + 1) * c.run.checkpoint_every;
@@ -1011,12 +1020,20 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         None
     } else {
         let snapshot: Snapshot = learner.acting_snapshot()?;
-        Some(evaluate(
+        let r = evaluate_capped(
             env.as_mut(),
             &snapshot,
             c.run.eval_episodes,
             episode_seed(c.run.seed, FINAL_EVAL_EPISODES, 0),
-        )?)
+            c.replay.max_episode_steps,
+        );
+        match r {
+            Err(AgentError::Fault(f)) => {
+                tracing::warn!("final evaluation skipped after a fault: {f}");
+                None
+            }
+            r => Some(r?),
+        }
     };
     let _ = env.close();
     Ok(TrainReport {

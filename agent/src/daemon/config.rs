@@ -245,21 +245,7 @@ impl DaemonConfig {
     /// Reads a TOML file over the defaults, then applies `key=value` overrides
     /// (`daemon.actors=2`, `gate.episodes=20`).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<DaemonConfig> {
-        let mut value = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(AgentError::io(path))?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| AgentError::RunDir {
-                    path: path.to_path_buf(),
-                    reason: format!("not a valid config: {e}"),
-                })?
-            }
-            None => toml::Table::new(),
-        };
-        for kv in overrides {
-            crate::config::apply_override(&mut value, kv)?;
-        }
-        let cfg: DaemonConfig =
-            toml::Table::try_into(value).map_err(|e| AgentError::Config(format!("{e}")))?;
+        let cfg: DaemonConfig = crate::config::load_layered(file, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -486,6 +472,26 @@ mod tests {
         let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.toml");
         let file = DaemonConfig::load(Some(Path::new(documented)), &[]).unwrap();
         assert_eq!(file, cfg, "agent/daemon.toml drifted from the code");
+    }
+
+    #[test]
+    fn a_section_named_by_a_layer_keeps_the_daemons_own_defaults() {
+        // `replay` is bounded for the daemon; naming another replay key must not reset it to
+        // the section type's unbounded default (this once refused `--set replay.capacity=…`).
+        let c = DaemonConfig::load(None, &["replay.max_episode_steps=300".into()]).unwrap();
+        assert_eq!(c.replay.max_episode_steps, 300);
+        assert_eq!(
+            c.replay.max_stored_transitions,
+            DaemonConfig::default().replay.max_stored_transitions
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.toml");
+        std::fs::write(&f, "[replay]\ncapacity = 5000\n").unwrap();
+        let c = DaemonConfig::load(Some(&f), &[]).unwrap();
+        assert_eq!(
+            (c.replay.capacity, c.replay.max_stored_transitions),
+            (5000, 1_000_000)
+        );
     }
 
     #[test]

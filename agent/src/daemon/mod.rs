@@ -71,7 +71,7 @@ use crate::adder::{Adder, ReplayAdder};
 use crate::dqn::{DqnLearner, with_suffix};
 use crate::drift::{Direction, ObsDrift, ReturnDrop};
 use crate::error::{AgentError, Result};
-use crate::eval::evaluate;
+use crate::eval::evaluate_capped;
 use crate::fault::{self, Backoff, Fault};
 use crate::gate::{GateReport, compare, sanity_check};
 use crate::learner::{Learner, LearnerMetrics, ReanalyseReport};
@@ -738,8 +738,9 @@ impl Shared {
                     .wrapping_mul(episodes as u64)
                     .wrapping_add(j as u64),
             );
-            let pair = evaluate(env, candidate, 1, seed)
-                .and_then(|a| Ok((a.mean, evaluate(env, champion, 1, seed)?.mean)));
+            let cap = self.cfg.replay.max_episode_steps;
+            let pair = evaluate_capped(env, candidate, 1, seed, cap)
+                .and_then(|a| Ok((a.mean, evaluate_capped(env, champion, 1, seed, cap)?.mean)));
             match pair {
                 Ok((a, b)) => {
                     if backoff.in_row() > 0 {

@@ -332,7 +332,7 @@ impl Head {
                 value.forward(x, v)?;
                 adv.forward(x, a)?;
                 let n = a.cols();
-                y.resize(&[x.rows(), n]);
+                y.try_resize(&[x.rows(), n])?;
                 for r in 0..x.rows() {
                     let ar = a.row(r);
                     let mean = ar.iter().sum::<f32>() / n as f32;
@@ -353,7 +353,7 @@ impl Head {
                 logits.forward(x, l)?;
                 value.forward(x, v)?;
                 let n = l.cols();
-                y.resize(&[x.rows(), n + 1]);
+                y.try_resize(&[x.rows(), n.saturating_add(1)])?;
                 for r in 0..x.rows() {
                     let yr = y.row_mut(r);
                     yr[..n].copy_from_slice(l.row(r));
@@ -473,7 +473,7 @@ impl Network {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let d = config.d_model;
-        let input = Linear::new("input", config.obs_dim, d, &mut rng);
+        let input = Linear::new("input", config.obs_dim, d, &mut rng)?;
         let mut blocks = Vec::with_capacity(config.blocks.len());
         for (i, b) in config.blocks.iter().enumerate() {
             let name = format!("blocks.{i}");
@@ -484,8 +484,8 @@ impl Network {
                     &mut rng,
                 )?)),
                 (BlockConfig::Dense { d_hidden }, None) => Ffn::Dense {
-                    fc1: Linear::new(&format!("{name}.fc1"), d, *d_hidden, &mut rng),
-                    fc2: Linear::new(&format!("{name}.fc2"), *d_hidden, d, &mut rng),
+                    fc1: Linear::new(&format!("{name}.fc1"), d, *d_hidden, &mut rng)?,
+                    fc2: Linear::new(&format!("{name}.fc2"), *d_hidden, d, &mut rng)?,
                     h: Tensor::default(),
                     a: Tensor::default(),
                     g: Tensor::default(),
@@ -504,11 +504,11 @@ impl Network {
         }
         let head = match config.head {
             HeadConfig::Linear { out_dim } => {
-                Head::Linear(Linear::new("head.out", d, out_dim, &mut rng))
+                Head::Linear(Linear::new("head.out", d, out_dim, &mut rng)?)
             }
             HeadConfig::DuelingQ { n_actions } => Head::DuelingQ {
-                value: Linear::new("head.value", d, 1, &mut rng),
-                adv: Linear::new("head.advantage", d, n_actions, &mut rng),
+                value: Linear::new("head.value", d, 1, &mut rng)?,
+                adv: Linear::new("head.advantage", d, n_actions, &mut rng)?,
                 v: Tensor::default(),
                 a: Tensor::default(),
                 gv: Tensor::default(),
@@ -516,8 +516,8 @@ impl Network {
                 gx: Tensor::default(),
             },
             HeadConfig::PolicyValue { n_actions } => Head::PolicyValue {
-                logits: Linear::new("head.logits", d, n_actions, &mut rng),
-                value: Linear::new("head.value", d, 1, &mut rng),
+                logits: Linear::new("head.logits", d, n_actions, &mut rng)?,
+                value: Linear::new("head.value", d, 1, &mut rng)?,
                 l: Tensor::default(),
                 v: Tensor::default(),
                 gl: Tensor::default(),

@@ -4,9 +4,10 @@
 //!
 //! Writes are atomic: the file is written beside its destination, fsynced, renamed over it,
 //! and the directory fsynced, so a crash leaves either the old checkpoint or the new one.
-//! Loading rebuilds the network from the stored config and checks every tensor's name, dtype
-//! and shape against it, and the checksum against the bytes, so a truncated, corrupted or
-//! mismatched file is a typed error rather than a silently wrong model.
+//! Loading validates the stored config against [`crate::limits`], checks every tensor's name,
+//! dtype and shape against it before building anything, and the checksum against the bytes, so
+//! a truncated, corrupted, mismatched or forged file is a typed error rather than a silently
+//! wrong model or an abort on allocation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -201,13 +202,13 @@ pub(crate) fn read_safetensors(
     Ok((bytes, meta))
 }
 
-/// Reads tensor `name` as f32 values of exactly `shape` (little-endian bytes of dtype F32).
-pub(crate) fn read_f32(
+/// The view of tensor `name`, checked to be F32 of exactly `shape`, without copying it.
+fn f32_view<'a>(
     path: &Path,
-    st: &SafeTensors<'_>,
+    st: &'a SafeTensors<'_>,
     name: &str,
     shape: &[usize],
-) -> Result<Vec<f32>> {
+) -> Result<TensorView<'a>> {
     let t = st.tensor(name).map_err(|_| {
         ck_err(
             path,
@@ -229,7 +230,18 @@ pub(crate) fn read_f32(
             ),
         ));
     }
-    Ok(t.data()
+    Ok(t)
+}
+
+/// Reads tensor `name` as f32 values of exactly `shape` (little-endian bytes of dtype F32).
+pub(crate) fn read_f32(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    Ok(f32_view(path, st, name, shape)?
+        .data()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
@@ -287,6 +299,59 @@ pub(crate) fn normalizer_blobs(n: &ObsNormalizer, blobs: &mut BTreeMap<String, B
             bytes: f64_bytes(&[n.count]),
         },
     );
+}
+
+/// Checks, before the network is built, that the file holds exactly the tensors `cfg` needs
+/// (and their AdamW moments if present), each F32 of the right shape.
+fn check_stored_shapes(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    cfg: &NetworkConfig,
+    has_optimizer: bool,
+) -> Result<()> {
+    let has_moments = has_optimizer && st.names().iter().any(|n| n.starts_with("optim.m."));
+    let mut params = 0usize;
+    cfg.visit_param_shapes(&mut |name, shape| {
+        params += 1;
+        f32_view(path, st, name, shape)?;
+        if has_moments {
+            f32_view(path, st, &format!("optim.m.{name}"), shape)?;
+            f32_view(path, st, &format!("optim.v.{name}"), shape)?;
+        }
+        Ok(())
+    })?;
+    // Parameters (and moments) plus the normaliser's mean, var and count.
+    let expected = params * if has_moments { 3 } else { 1 } + 3;
+    if st.len() != expected {
+        return Err(ck_err(
+            path,
+            format!(
+                "holds {} tensors, this network needs {expected}; it was written for a different network",
+                st.len()
+            ),
+        ));
+    }
+    let dim = cfg.obs_dim;
+    for (name, len) in [
+        ("normalizer.mean", dim),
+        ("normalizer.var", dim),
+        ("normalizer.count", 1),
+    ] {
+        let t = st
+            .tensor(name)
+            .map_err(|_| ck_err(path, format!("missing tensor `{name}`")))?;
+        if t.dtype() != Dtype::F64 || t.shape() != [len] {
+            return Err(ck_err(
+                path,
+                format!(
+                    "tensor `{name}` should be F64 of shape [{len}], is {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads what [`normalizer_blobs`] wrote into `n`, whose dimension is already set.
@@ -371,6 +436,12 @@ pub fn save_checkpoint(
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`], checking everything it reads.
+///
+/// Nothing is allocated from the stored config until it has passed
+/// [`NetworkConfig::validate`] (its documented size limits) and every tensor the network
+/// needs has been found in the file with the right dtype and shape. The file's tensors are
+/// backed by its bytes, so a forged header cannot make the load allocate more than a small
+/// multiple of the file's size (weights, gradients, AdamW moments).
 pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
     let (bytes, meta) = read_safetensors(path, FORMAT)?;
     let st = SafeTensors::deserialize(&bytes)
@@ -380,6 +451,9 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
         .ok_or_else(|| ck_err(path, "missing network_config metadata"))?;
     let cfg: NetworkConfig =
         serde_json::from_str(cfg_json).map_err(|e| ck_err(path, format!("network_config: {e}")))?;
+    cfg.validate()
+        .map_err(|e| ck_err(path, format!("stored network config is invalid: {e}")))?;
+    check_stored_shapes(path, &st, &cfg, meta.contains_key("optimizer"))?;
     let mut net = Network::new(cfg, 0)
         .map_err(|e| ck_err(path, format!("stored network config is invalid: {e}")))?;
     let mut expected = 0usize;

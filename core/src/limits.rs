@@ -20,6 +20,9 @@ pub const MAX_EXPERTS: usize = 1024;
 /// fixed array of this size, so a larger `k` would act differently from how it trained.
 pub const MAX_TOP_K: usize = 64;
 
+/// Most residual blocks in one network (256).
+pub const MAX_BLOCKS: usize = 256;
+
 /// Most scalar parameters in one network or one MoE layer (2^31 = 2,147,483,648, i.e. 8 GiB
 /// of f32 weights, before gradients and AdamW moments), counted with checked arithmetic.
 pub const MAX_PARAMS: usize = 1 << 31;

@@ -106,7 +106,19 @@ pub(crate) fn write_safetensors(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` so that a crash at any point leaves the old file or the new one.
+/// Writes `bytes` to `path` so that a crash or power loss at any point leaves the old file or
+/// the new one, and so that once it returns `Ok` the new file survives a power loss:
+///
+/// 1. the destination's directory is opened first, so a missing directory (or a file where
+///    the directory should be) is an IO error naming it, before anything is written;
+/// 2. the bytes go to a temporary file beside the destination, which is fsynced (its data is
+///    on disk before any name points to it);
+/// 3. the temporary file is renamed over the destination (atomic on POSIX file systems);
+/// 4. the directory is fsynced, which is what makes the rename itself durable: until then
+///    the directory entry may be lost with the page cache, and the old file comes back.
+///
+/// An error at step 4 is returned too: the new file is then in place but may not survive a
+/// power loss, and the caller must not act as if it would (e.g. delete the previous file).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -115,6 +127,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| ck_err(path, "not a file path"))?;
+    let dir_handle = open_dir(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -125,16 +138,23 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
         f.sync_all().map_err(|e| io_err(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-        // The rename is durable only once the directory entry is on disk.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        dir_handle.sync_all().map_err(|e| io_err(dir, e))
     })();
     if result.is_err() {
+        // Gone already if the rename happened; otherwise do not leave it behind.
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Opens `dir` for fsync, checking that it is a directory.
+fn open_dir(dir: &Path) -> Result<File> {
+    let d = File::open(dir).map_err(|e| io_err(dir, e))?;
+    let meta = d.metadata().map_err(|e| io_err(dir, e))?;
+    if !meta.is_dir() {
+        return Err(io_err(dir, std::io::Error::other("not a directory")));
+    }
+    Ok(d)
 }
 
 /// Reads a safetensors file, checks the `format` key and the checksum, and returns the bytes
@@ -515,4 +535,51 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
         optimizer,
         extra,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second, longer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+        assert_eq!(entries(dir.path()), ["model.safetensors"]);
+    }
+
+    /// The directory is opened (for its fsync) before anything is written, so a bad directory
+    /// is reported as itself, not as a temporary file the caller never named.
+    #[test]
+    fn write_atomic_reports_a_bad_directory_by_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        match write_atomic(&missing.join("x.safetensors"), b"data") {
+            Err(CoreError::Io { path, .. }) => assert_eq!(Path::new(&path), missing),
+            other => panic!("expected an IO error naming the directory, got {other:?}"),
+        }
+        let file = dir.path().join("plain-file");
+        fs::write(&file, b"not a directory").unwrap();
+        match write_atomic(&file.join("x.safetensors"), b"data") {
+            Err(CoreError::Io { path, .. }) => assert_eq!(Path::new(&path), file),
+            other => panic!("expected an IO error naming the non-directory, got {other:?}"),
+        }
+        assert_eq!(
+            entries(dir.path()),
+            ["plain-file"],
+            "nothing else was created"
+        );
+    }
 }

@@ -150,7 +150,8 @@ fn bench_gemm(n: usize, iters: usize, which: &str) -> Stats {
     let b = random(&mut rng, n * n);
     let mut c = vec![0.0f32; n * n];
     let mut run = || match which {
-        "gemm" => matmul(n, n, n, &a, false, &b, false, &mut c, false, Par::Rayon),
+        "gemm" => matmul(n, n, n, &a, false, &b, false, &mut c, false, Par::Rayon)
+            .expect("square operands"),
         _ => unsafe {
             // SAFETY: a, b and c are n×n, dense and row-major.
             matrixmultiply::sgemm(

@@ -4,9 +4,10 @@
 //!
 //! Writes are atomic: the file is written beside its destination, fsynced, renamed over it,
 //! and the directory fsynced, so a crash leaves either the old checkpoint or the new one.
-//! Loading rebuilds the network from the stored config and checks every tensor's name, dtype
-//! and shape against it, and the checksum against the bytes, so a truncated, corrupted or
-//! mismatched file is a typed error rather than a silently wrong model.
+//! Loading validates the stored config against [`crate::limits`], checks every tensor's name,
+//! dtype and shape against it before building anything, and the checksum against the bytes, so
+//! a truncated, corrupted, mismatched or forged file is a typed error rather than a silently
+//! wrong model or an abort on allocation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -105,7 +106,19 @@ pub(crate) fn write_safetensors(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` so that a crash at any point leaves the old file or the new one.
+/// Writes `bytes` to `path` so that a crash or power loss at any point leaves the old file or
+/// the new one, and so that once it returns `Ok` the new file survives a power loss:
+///
+/// 1. the destination's directory is opened first, so a missing directory (or a file where
+///    the directory should be) is an IO error naming it, before anything is written;
+/// 2. the bytes go to a temporary file beside the destination, which is fsynced (its data is
+///    on disk before any name points to it);
+/// 3. the temporary file is renamed over the destination (atomic on POSIX file systems);
+/// 4. the directory is fsynced, which is what makes the rename itself durable: until then
+///    the directory entry may be lost with the page cache, and the old file comes back.
+///
+/// An error at step 4 is returned too: the new file is then in place but may not survive a
+/// power loss, and the caller must not act as if it would (e.g. delete the previous file).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -114,6 +127,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| ck_err(path, "not a file path"))?;
+    let dir_handle = open_dir(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -124,16 +138,23 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
         f.sync_all().map_err(|e| io_err(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-        // The rename is durable only once the directory entry is on disk.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        dir_handle.sync_all().map_err(|e| io_err(dir, e))
     })();
     if result.is_err() {
+        // Gone already if the rename happened; otherwise do not leave it behind.
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Opens `dir` for fsync, checking that it is a directory.
+fn open_dir(dir: &Path) -> Result<File> {
+    let d = File::open(dir).map_err(|e| io_err(dir, e))?;
+    let meta = d.metadata().map_err(|e| io_err(dir, e))?;
+    if !meta.is_dir() {
+        return Err(io_err(dir, std::io::Error::other("not a directory")));
+    }
+    Ok(d)
 }
 
 /// Reads a safetensors file, checks the `format` key and the checksum, and returns the bytes
@@ -201,13 +222,13 @@ pub(crate) fn read_safetensors(
     Ok((bytes, meta))
 }
 
-/// Reads tensor `name` as f32 values of exactly `shape` (little-endian bytes of dtype F32).
-pub(crate) fn read_f32(
+/// The view of tensor `name`, checked to be F32 of exactly `shape`, without copying it.
+fn f32_view<'a>(
     path: &Path,
-    st: &SafeTensors<'_>,
+    st: &'a SafeTensors<'_>,
     name: &str,
     shape: &[usize],
-) -> Result<Vec<f32>> {
+) -> Result<TensorView<'a>> {
     let t = st.tensor(name).map_err(|_| {
         ck_err(
             path,
@@ -229,7 +250,18 @@ pub(crate) fn read_f32(
             ),
         ));
     }
-    Ok(t.data()
+    Ok(t)
+}
+
+/// Reads tensor `name` as f32 values of exactly `shape` (little-endian bytes of dtype F32).
+pub(crate) fn read_f32(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    Ok(f32_view(path, st, name, shape)?
+        .data()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
@@ -287,6 +319,59 @@ pub(crate) fn normalizer_blobs(n: &ObsNormalizer, blobs: &mut BTreeMap<String, B
             bytes: f64_bytes(&[n.count]),
         },
     );
+}
+
+/// Checks, before the network is built, that the file holds exactly the tensors `cfg` needs
+/// (and their AdamW moments if present), each F32 of the right shape.
+fn check_stored_shapes(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    cfg: &NetworkConfig,
+    has_optimizer: bool,
+) -> Result<()> {
+    let has_moments = has_optimizer && st.names().iter().any(|n| n.starts_with("optim.m."));
+    let mut params = 0usize;
+    cfg.visit_param_shapes(&mut |name, shape| {
+        params += 1;
+        f32_view(path, st, name, shape)?;
+        if has_moments {
+            f32_view(path, st, &format!("optim.m.{name}"), shape)?;
+            f32_view(path, st, &format!("optim.v.{name}"), shape)?;
+        }
+        Ok(())
+    })?;
+    // Parameters (and moments) plus the normaliser's mean, var and count.
+    let expected = params * if has_moments { 3 } else { 1 } + 3;
+    if st.len() != expected {
+        return Err(ck_err(
+            path,
+            format!(
+                "holds {} tensors, this network needs {expected}; it was written for a different network",
+                st.len()
+            ),
+        ));
+    }
+    let dim = cfg.obs_dim;
+    for (name, len) in [
+        ("normalizer.mean", dim),
+        ("normalizer.var", dim),
+        ("normalizer.count", 1),
+    ] {
+        let t = st
+            .tensor(name)
+            .map_err(|_| ck_err(path, format!("missing tensor `{name}`")))?;
+        if t.dtype() != Dtype::F64 || t.shape() != [len] {
+            return Err(ck_err(
+                path,
+                format!(
+                    "tensor `{name}` should be F64 of shape [{len}], is {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads what [`normalizer_blobs`] wrote into `n`, whose dimension is already set.
@@ -371,6 +456,12 @@ pub fn save_checkpoint(
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`], checking everything it reads.
+///
+/// Nothing is allocated from the stored config until it has passed
+/// [`NetworkConfig::validate`] (its documented size limits) and every tensor the network
+/// needs has been found in the file with the right dtype and shape. The file's tensors are
+/// backed by its bytes, so a forged header cannot make the load allocate more than a small
+/// multiple of the file's size (weights, gradients, AdamW moments).
 pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
     let (bytes, meta) = read_safetensors(path, FORMAT)?;
     let st = SafeTensors::deserialize(&bytes)
@@ -380,6 +471,9 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
         .ok_or_else(|| ck_err(path, "missing network_config metadata"))?;
     let cfg: NetworkConfig =
         serde_json::from_str(cfg_json).map_err(|e| ck_err(path, format!("network_config: {e}")))?;
+    cfg.validate()
+        .map_err(|e| ck_err(path, format!("stored network config is invalid: {e}")))?;
+    check_stored_shapes(path, &st, &cfg, meta.contains_key("optimizer"))?;
     let mut net = Network::new(cfg, 0)
         .map_err(|e| ck_err(path, format!("stored network config is invalid: {e}")))?;
     let mut expected = 0usize;
@@ -441,4 +535,51 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
         optimizer,
         extra,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second, longer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+        assert_eq!(entries(dir.path()), ["model.safetensors"]);
+    }
+
+    /// The directory is opened (for its fsync) before anything is written, so a bad directory
+    /// is reported as itself, not as a temporary file the caller never named.
+    #[test]
+    fn write_atomic_reports_a_bad_directory_by_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        match write_atomic(&missing.join("x.safetensors"), b"data") {
+            Err(CoreError::Io { path, .. }) => assert_eq!(Path::new(&path), missing),
+            other => panic!("expected an IO error naming the directory, got {other:?}"),
+        }
+        let file = dir.path().join("plain-file");
+        fs::write(&file, b"not a directory").unwrap();
+        match write_atomic(&file.join("x.safetensors"), b"data") {
+            Err(CoreError::Io { path, .. }) => assert_eq!(Path::new(&path), file),
+            other => panic!("expected an IO error naming the non-directory, got {other:?}"),
+        }
+        assert_eq!(
+            entries(dir.path()),
+            ["plain-file"],
+            "nothing else was created"
+        );
+    }
 }

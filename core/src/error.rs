@@ -32,6 +32,16 @@ pub enum CoreError {
         /// What is wrong with it, and what to do.
         reason: String,
     },
+    /// A size does not fit: a product of dimensions overflows `usize`, exceeds one of the
+    /// documented limits in [`crate::limits`], or cannot be allocated. Returned before anything
+    /// of that size is allocated, so an absurd size is an error rather than an abort.
+    #[error("size too large in {what}: {detail}")]
+    TooLarge {
+        /// What was being sized (a function, or a config field).
+        what: String,
+        /// The sizes involved and the limit they break, in words.
+        detail: String,
+    },
     /// An operating-system IO error while reading or writing a checkpoint.
     #[error("io error on {path}: {source}")]
     Io {
@@ -52,4 +62,17 @@ pub(crate) fn shape_err(op: &'static str, expected: impl Into<String>, got: &[us
         expected: expected.into(),
         got: format!("{got:?}"),
     }
+}
+
+pub(crate) fn too_large(what: impl Into<String>, detail: impl Into<String>) -> CoreError {
+    CoreError::TooLarge {
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+/// `a · b`, or [`CoreError::TooLarge`] naming `what` if the product overflows `usize`.
+pub(crate) fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| too_large(what, format!("{a} × {b} overflows usize")))
 }

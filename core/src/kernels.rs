@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::error::{CoreError, Result};
+
 /// Defines a function twice (AVX2+FMA and baseline) and dispatches on the running CPU.
 #[macro_export]
 #[doc(hidden)]
@@ -74,9 +76,11 @@ pub const LARGE_GEMM_WORK: usize = 1 << 24;
 /// With [`Par::Rayon`], rows of `C` are split into blocks, one task each; the inner dimension
 /// is never split, so every element is summed in the same order whatever the split.
 ///
-/// # Panics
-/// If a slice is shorter than its dimensions say; callers validate shapes at their boundary,
-/// and this check guards the raw pointers handed to the GEMM crates.
+/// # Errors
+/// [`CoreError::Shape`] if a slice is shorter than its dimensions say, including when a
+/// product of dimensions overflows `usize` (no slice can be that long). The check is made with
+/// checked arithmetic because it guards the raw pointers handed to the GEMM crates: a wrapped
+/// product would let a short slice through.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
@@ -89,19 +93,16 @@ pub fn matmul(
     c: &mut [f32],
     acc: bool,
     par: Par,
-) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "matmul: slice too short"
-    );
+) -> Result<()> {
+    let mn = check_operands("matmul", m, n, k, a.len(), b.len(), c.len())?;
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     if k == 0 {
         if !acc {
-            c[..m * n].fill(0.0);
+            c[..mn].fill(0.0);
         }
-        return;
+        return Ok(());
     }
     // (row stride, column stride) of each operand as stored.
     let (a_rs, a_cs) = if a_t {
@@ -119,8 +120,10 @@ pub fn matmul(
         // About two blocks per thread (balance), rows a multiple of 8 (kernel tiles).
         let rows = m.div_ceil(2 * threads).next_multiple_of(8);
         let a_ptr = SendPtr(a.as_ptr());
-        c[..m * n]
-            .par_chunks_mut(rows * n)
+        // rows ≤ m rounded up to 8, and m·n fits (checked above), so this cannot overflow
+        // unless m·n is within 8·n of usize::MAX, which no slice reaches.
+        c[..mn]
+            .par_chunks_mut(rows.saturating_mul(n))
             .enumerate()
             .for_each(|(i, cc)| {
                 let r0 = (i * rows) as isize;
@@ -143,6 +146,7 @@ pub fn matmul(
                     )
                 };
             });
+        Ok(())
     } else {
         // SAFETY: the assert above bounds every access; strides describe the dense storage.
         unsafe {
@@ -160,6 +164,29 @@ pub fn matmul(
                 acc,
             )
         };
+        Ok(())
+    }
+}
+
+/// Checks that `A[m×k]`, `B[k×n]` and `C[m×n]` fit in slices of the given lengths, with checked
+/// products; returns `m·n`.
+fn check_operands(
+    op: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_len: usize,
+    b_len: usize,
+    c_len: usize,
+) -> Result<usize> {
+    let fits = |r: usize, c: usize, len: usize| r.checked_mul(c).filter(|&p| p <= len);
+    match (fits(m, k, a_len), fits(k, n, b_len), fits(m, n, c_len)) {
+        (Some(_), Some(_), Some(mn)) => Ok(mn),
+        _ => Err(CoreError::Shape {
+            op,
+            expected: format!("A ≥ {m}×{k}, B ≥ {k}×{n}, C ≥ {m}×{n} elements"),
+            got: format!("A {a_len}, B {b_len}, C {c_len} elements"),
+        }),
     }
 }
 
@@ -193,7 +220,7 @@ unsafe fn gemm_block(
     acc: bool,
 ) {
     unsafe {
-        if m * n * k >= LARGE_GEMM_WORK {
+        if m.saturating_mul(n).saturating_mul(k) >= LARGE_GEMM_WORK {
             matrixmultiply::sgemm(
                 m,
                 k,
@@ -236,12 +263,37 @@ unsafe fn gemm_block(
     }
 }
 
+/// `y[m×n] = x[m×k] · w[k×n] (+ bias)` row by row on the calling thread: for batch 1 and
+/// small batches this beats a blocked GEMM, whose packing costs more than the product.
+///
+/// # Errors
+/// [`CoreError::Shape`] if a slice is shorter than its dimensions say (products checked).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    check_operands("gemv_rows", m, n, k, x.len(), w.len(), y.len())?;
+    if bias.is_some_and(|b| b.len() < n) {
+        return Err(CoreError::Shape {
+            op: "gemv_rows",
+            expected: format!("bias of {n}"),
+            got: format!("{}", bias.map_or(0, <[f32]>::len)),
+        });
+    }
+    gemv_rows_unchecked(m, n, k, x, w, bias, y);
+    Ok(())
+}
+
 multiversion! {
-    /// `y[m×n] = x[m×k] · w[k×n] (+ bias)` row by row on the calling thread: for batch 1 and
-    /// small batches this beats a blocked GEMM, whose packing costs more than the product.
-    /// Four rows of `w` are folded into each sweep over `y`, so `y` is loaded and stored a
-    /// quarter as often.
-    pub fn gemv_rows(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    /// [`gemv_rows`] after its checks. Four rows of `w` are folded into each sweep over `y`,
+    /// so `y` is loaded and stored a quarter as often.
+    fn gemv_rows_unchecked(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         let k4 = k / 4 * 4;
         for r in 0..m {
             let yr = &mut y[r * n..(r + 1) * n];
@@ -274,6 +326,9 @@ multiversion! {
     /// Adds `bias[n]` to every row of `y[m×n]`.
     pub fn add_bias(y: &mut [f32], bias: &[f32]) {
         let n = bias.len();
+        if n == 0 {
+            return;
+        }
         for row in y.chunks_exact_mut(n) {
             for (v, &b) in row.iter_mut().zip(bias) {
                 *v += b;
@@ -286,6 +341,9 @@ multiversion! {
     /// `acc[n] += Σ_rows x[m×n]`, rows summed in order (bias gradients).
     pub fn col_sum_acc(acc: &mut [f32], x: &[f32]) {
         let n = acc.len();
+        if n == 0 {
+            return;
+        }
         for row in x.chunks_exact(n) {
             for (a, &v) in acc.iter_mut().zip(row) {
                 *a += v;
@@ -504,11 +562,11 @@ mod tests {
             for (bb, b_t) in [(&b, false), (&bt, true)] {
                 for par in [Par::Seq, Par::Rayon] {
                     let mut c = vec![1.0; m * n];
-                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, true, par);
+                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, true, par).unwrap();
                     for (got, w) in c.iter().zip(&want) {
                         assert!((got - (w + 1.0)).abs() < 1e-4, "acc a_t={a_t} b_t={b_t}");
                     }
-                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, false, par);
+                    matmul(m, n, k, aa, a_t, bb, b_t, &mut c, false, par).unwrap();
                     for (got, w) in c.iter().zip(&want) {
                         assert!((got - w).abs() < 1e-4, "overwrite a_t={a_t} b_t={b_t}");
                     }
@@ -516,10 +574,43 @@ mod tests {
             }
         }
         let mut y = vec![0.0; m * n];
-        gemv_rows(m, n, k, &a, &b, None, &mut y);
+        gemv_rows(m, n, k, &a, &b, None, &mut y).unwrap();
         for (got, w) in y.iter().zip(&want) {
             assert!((got - w).abs() < 1e-4);
         }
+    }
+
+    /// Dimensions whose products overflow must not slip past the length guard (in release
+    /// arithmetic `2^32 · 2^32` wraps to 0, which every slice is long enough for).
+    #[test]
+    fn overflowing_dimensions_are_shape_errors() {
+        let big = 1usize << 32;
+        let (a, b) = (vec![0.0f32; 4], vec![0.0f32; 4]);
+        let mut c = vec![0.0f32; 4];
+        for (m, n, k) in [
+            (big, big, 1),
+            (1, big, big),
+            (big, 1, big),
+            (usize::MAX, 2, 2),
+        ] {
+            for par in [Par::Seq, Par::Rayon] {
+                let r = matmul(m, n, k, &a, false, &b, false, &mut c, false, par);
+                assert!(
+                    matches!(r, Err(CoreError::Shape { .. })),
+                    "{m}×{n}×{k}: {r:?}"
+                );
+            }
+            let r = gemv_rows(m, n, k, &a, &b, None, &mut c);
+            assert!(
+                matches!(r, Err(CoreError::Shape { .. })),
+                "gemv {m}×{n}×{k}: {r:?}"
+            );
+        }
+        // Short slices with small dimensions are refused the same way.
+        let r = matmul(2, 2, 3, &a, false, &b, false, &mut c, false, Par::Seq);
+        assert!(matches!(r, Err(CoreError::Shape { .. })));
+        let r = gemv_rows(1, 4, 1, &a, &b, Some(&a[..2]), &mut c);
+        assert!(matches!(r, Err(CoreError::Shape { .. })));
     }
 
     #[test]

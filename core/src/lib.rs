@@ -12,6 +12,7 @@
 //! - [`network`]: the config-driven network (normaliser → input → residual blocks → head).
 //! - [`loss`], [`optim`]: losses, AdamW, clipping, the non-finite step guard.
 //! - [`checkpoint`], [`precision`]: safetensors checkpoints; bf16/f16 snapshots for acting.
+//! - [`limits`]: the documented bounds on every size a config may ask for.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod kernels;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod moe;
 pub mod network;

@@ -25,9 +25,10 @@ use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CoreError, Result, shape_err};
+use crate::error::{CoreError, Result, mul, shape_err, too_large};
 use crate::kernels::{self, Par, col_sum_acc, gemv_rows, matmul};
 use crate::layers::{Linear, par_for};
+use crate::limits::{MAX_DIM, MAX_EXPERTS, MAX_PARAMS, MAX_TOP_K};
 use crate::param::{Module, Param};
 use crate::tensor::Tensor;
 
@@ -56,7 +57,7 @@ enum Exec {
 /// packed weights and nothing waits at a join per GEMM; with fewer experts than threads, expert
 /// tasks cannot fill the pool and the GEMMs are split instead.
 fn exec_for(t_n: usize, k: usize, e_n: usize, d: usize, h: usize) -> Exec {
-    let work = t_n * k * d * h;
+    let work = expert_work(t_n, k, d, h);
     if work < SEQ_EXPERT_WORK {
         Exec::Seq
     } else if e_n < rayon::current_num_threads() && work / e_n >= GEMM_PAR_EXPERT_WORK {
@@ -64,6 +65,11 @@ fn exec_for(t_n: usize, k: usize, e_n: usize, d: usize, h: usize) -> Exec {
     } else {
         Exec::ExpertParallel
     }
+}
+
+/// Multiply-adds of one expert pass, `T·k·d·h`, saturating: it only picks an execution mode.
+fn expert_work(t_n: usize, k: usize, d: usize, h: usize) -> usize {
+    t_n.saturating_mul(k).saturating_mul(d).saturating_mul(h)
 }
 
 /// Configuration of one MoE feed-forward layer.
@@ -124,7 +130,10 @@ impl MoeConfig {
         }
     }
 
-    /// Checks ranges and consistency.
+    /// Checks ranges and consistency, before anything is allocated: `d_model` and `d_hidden`
+    /// in 1..=[`MAX_DIM`], `n_experts` in 1..=[`MAX_EXPERTS`], `top_k` in
+    /// 1..=min(`n_experts`, [`MAX_TOP_K`]), and at most [`MAX_PARAMS`] parameters in the layer
+    /// (see [`MoeConfig::num_params`]). Sizes beyond a limit are [`CoreError::TooLarge`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(CoreError::Config(m));
         if self.d_model == 0 || self.d_hidden == 0 {
@@ -133,16 +142,35 @@ impl MoeConfig {
                 self.d_model, self.d_hidden
             ));
         }
-        if self.n_experts == 0 || self.n_experts > 4096 {
-            return bad(format!(
-                "moe: n_experts must be in 1..=4096 (got {})",
-                self.n_experts
+        for (name, v) in [("d_model", self.d_model), ("d_hidden", self.d_hidden)] {
+            if v > MAX_DIM {
+                return Err(too_large(
+                    format!("moe {name}"),
+                    format!("{v} exceeds the limit of {MAX_DIM}"),
+                ));
+            }
+        }
+        if self.n_experts == 0 {
+            return bad("moe: n_experts must be > 0".into());
+        }
+        if self.n_experts > MAX_EXPERTS {
+            return Err(too_large(
+                "moe n_experts",
+                format!("{} exceeds the limit of {MAX_EXPERTS}", self.n_experts),
             ));
         }
-        if self.top_k == 0 || self.top_k > self.n_experts {
+        let k_max = self.n_experts.min(MAX_TOP_K);
+        if self.top_k == 0 || self.top_k > k_max {
             return bad(format!(
-                "moe: top_k must be in 1..={} (got {})",
-                self.n_experts, self.top_k
+                "moe: top_k must be in 1..={k_max} (got {}; at most n_experts and {MAX_TOP_K})",
+                self.top_k
+            ));
+        }
+        let params = self.num_params()?;
+        if params > MAX_PARAMS {
+            return Err(too_large(
+                "moe layer",
+                format!("{params} parameters exceed the limit of {MAX_PARAMS}"),
             ));
         }
         if let Some(c) = self.capacity_factor {
@@ -164,12 +192,35 @@ impl MoeConfig {
         Ok(())
     }
 
-    /// The per-expert capacity for a batch of `tokens`.
+    /// Scalar parameters of the layer: the router `d·E + E` and `E` experts of
+    /// `d·h + h + h·d + d`, with checked arithmetic ([`CoreError::TooLarge`] on overflow).
+    pub fn num_params(&self) -> Result<usize> {
+        let (d, h, e) = (self.d_model, self.d_hidden, self.n_experts);
+        let what = "moe parameter count";
+        let router = mul(what, d, e)?
+            .checked_add(e)
+            .ok_or_else(|| too_large(what, "router size overflows"))?;
+        let expert = mul(what, mul(what, d, h)?, 2)?
+            .checked_add(h)
+            .and_then(|n| n.checked_add(d))
+            .ok_or_else(|| too_large(what, "expert size overflows"))?;
+        mul(what, expert, e)?
+            .checked_add(router)
+            .ok_or_else(|| too_large(what, "layer size overflows"))
+    }
+
+    /// The per-expert capacity for a batch of `tokens`: `⌈c·T·k/E⌉`, at least 1 and at most
+    /// `T` (each token sends an expert at most one assignment, so more room is never used).
+    /// Computed in f64, so no `T·k` product can overflow.
     pub fn capacity(&self, tokens: usize) -> usize {
         match self.capacity_factor {
-            Some(c) => ((c as f64 * (tokens * self.top_k) as f64 / self.n_experts as f64).ceil()
-                as usize)
-                .max(1),
+            Some(c) => {
+                let cap = (f64::from(c) * (tokens as f64 * self.top_k as f64)
+                    / self.n_experts.max(1) as f64)
+                    .ceil();
+                // `as` saturates (and maps NaN to 0), then the bounds apply.
+                (cap as usize).min(tokens).max(1)
+            }
             None => tokens,
         }
     }
@@ -265,13 +316,15 @@ impl MoeLayer {
     pub fn new(name: &str, cfg: MoeConfig, rng: &mut ChaCha8Rng) -> Result<Self> {
         cfg.validate()?;
         let (d, h, e) = (cfg.d_model, cfg.d_hidden, cfg.n_experts);
-        let router = Linear::new(&format!("{name}.router"), d, e, rng);
+        let router = Linear::new(&format!("{name}.router"), d, e, rng)?;
         let experts = (0..e)
-            .map(|i| Expert {
-                fc1: Linear::new(&format!("{name}.experts.{i}.fc1"), d, h, rng),
-                fc2: Linear::new(&format!("{name}.experts.{i}.fc2"), h, d, rng),
+            .map(|i| {
+                Ok(Expert {
+                    fc1: Linear::new(&format!("{name}.experts.{i}.fc1"), d, h, rng)?,
+                    fc2: Linear::new(&format!("{name}.experts.{i}.fc2"), h, d, rng)?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let noise_rng = ChaCha8Rng::seed_from_u64(rand::Rng::random(rng));
         Ok(MoeLayer {
             ws: vec![ExpertWs::default(); e],
@@ -326,38 +379,54 @@ impl MoeLayer {
 
     /// `y = Σ_j g_j · expert_{e_j}(x)` for `x: [T, d]`; `y` is resized to `[T, d]`.
     /// With `train`, router noise (if configured) is added.
+    ///
+    /// # Errors
+    /// A shape error, or [`CoreError::TooLarge`] if the batch's routing or expert buffers
+    /// cannot be sized; the layer then holds no pass to back-propagate (its token count is 0).
     pub fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) -> Result<()> {
+        let r = self.forward_impl(x, y, train);
+        if r.is_err() {
+            // Buffers may be sized for an earlier batch: make sure nothing reads them as this one's.
+            self.tokens = 0;
+        }
+        r
+    }
+
+    fn forward_impl(&mut self, x: &Tensor, y: &mut Tensor, train: bool) -> Result<()> {
         let (d, e_n, k) = (self.cfg.d_model, self.cfg.n_experts, self.cfg.top_k);
         x.expect_cols("MoeLayer::forward", d)?;
         let t_n = x.rows();
+        // Routing buffers are T·E and T·k: checked here, so later products of them cannot wrap.
+        mul("MoeLayer::forward router", t_n, e_n)?;
+        mul("MoeLayer::forward assignments", t_n, k)?;
         self.tokens = t_n;
-        self.route(x, train);
-        self.dispatch();
+        self.route(x, train)?;
+        self.dispatch()?;
 
         // Experts: gather → fc1 → GELU → fc2, each on its own buffers.
         let h = self.cfg.d_hidden;
-        let work = t_n * k * d * h;
+        let work = expert_work(t_n, k, d, h);
         let xd = x.data();
         match exec_for(t_n, k, e_n, d, h) {
             Exec::Seq => self
                 .experts
                 .iter()
                 .zip(self.ws.iter_mut())
-                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq)),
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq))?,
             Exec::ExpertParallel => self
                 .experts
                 .par_iter()
                 .zip(self.ws.par_iter_mut())
-                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq)),
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq))?,
             Exec::GemmParallel => self
                 .experts
                 .iter()
                 .zip(self.ws.iter_mut())
-                .for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Rayon)),
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Rayon))?,
         }
 
         // Combine by weighted scatter-add, token by token in rank order (deterministic).
-        y.resize(&[t_n, d]);
+        y.try_resize(&[t_n, d])?;
         let (ws, top_e, slot, gates) = (&self.ws, &self.top_e, &self.slot, &self.gates);
         let combine = |(t, yr): (usize, &mut [f32])| {
             yr.fill(0.0);
@@ -386,18 +455,20 @@ impl MoeLayer {
     }
 
     /// Router logits, softmax, top-k, renormalised gates, aux losses and statistics.
-    fn route(&mut self, x: &Tensor, train: bool) {
+    /// The caller has checked that `T·E` and `T·k` fit.
+    fn route(&mut self, x: &Tensor, train: bool) -> Result<()> {
         let (d, e_n, k) = (self.cfg.d_model, self.cfg.n_experts, self.cfg.top_k);
         let t_n = x.rows();
-        self.logits.resize(t_n * e_n, 0.0);
-        self.probs.resize(t_n * e_n, 0.0);
-        self.lse.resize(t_n, 0.0);
-        self.top_e.resize(t_n * k, 0);
-        self.gates.resize(t_n * k, 0.0);
-        self.top_sum.resize(t_n, 0.0);
+        let (te, tk) = (t_n.saturating_mul(e_n), t_n.saturating_mul(k));
+        grow(&mut self.logits, te, 0.0)?;
+        grow(&mut self.probs, te, 0.0)?;
+        grow(&mut self.lse, t_n, 0.0)?;
+        grow(&mut self.top_e, tk, 0)?;
+        grow(&mut self.gates, tk, 0.0)?;
+        grow(&mut self.top_sum, t_n, 0.0)?;
         let (wr, br) = (self.router.w.value.data(), self.router.b.value.data());
         if t_n <= 4 {
-            gemv_rows(t_n, e_n, d, x.data(), wr, Some(br), &mut self.logits);
+            gemv_rows(t_n, e_n, d, x.data(), wr, Some(br), &mut self.logits)?;
         } else {
             matmul(
                 t_n,
@@ -410,7 +481,7 @@ impl MoeLayer {
                 &mut self.logits,
                 false,
                 par_for(t_n, e_n, d),
-            );
+            )?;
             kernels::add_bias(&mut self.logits, br);
         }
         if train && self.cfg.router_noise_std > 0.0 {
@@ -496,14 +567,15 @@ impl MoeLayer {
         st.aux_loss = e_n as f32 * aux;
         st.z_loss = (z_loss / t_n.max(1) as f64) as f32;
         st.router_entropy = (entropy / t_n.max(1) as f64) as f32;
+        Ok(())
     }
 
     /// Admits assignments up to capacity, rank-major, and fills each expert's row lists.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self) -> Result<()> {
         let (d, h, k) = (self.cfg.d_model, self.cfg.d_hidden, self.cfg.top_k);
         let t_n = self.tokens;
         let cap = self.cfg.capacity(t_n);
-        self.slot.resize(t_n * k, DROPPED);
+        grow(&mut self.slot, t_n.saturating_mul(k), DROPPED)?;
         for ws in self.ws.iter_mut() {
             ws.n = 0;
         }
@@ -540,11 +612,13 @@ impl MoeLayer {
                 (&mut ws.ye, d),
                 (&mut ws.dye, d),
             ] {
-                if buf.len() < n * w {
-                    buf.resize(n * w, 0.0);
+                let need = mul("MoeLayer expert buffer", n, w)?;
+                if buf.len() < need {
+                    grow(buf, need, 0.0)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Backward pass for the `x` and upstream gradient `dy` of the last forward. Accumulates
@@ -566,11 +640,10 @@ impl MoeLayer {
                 dy.shape(),
             ));
         }
-        let work = t_n * k * d * h;
-        let seq = work < SEQ_EXPERT_WORK;
+        let seq = expert_work(t_n, k, d, h) < SEQ_EXPERT_WORK;
 
-        // Gate gradients: dL/dg = dy_t · ye.
-        self.dgate.resize(t_n * k, 0.0);
+        // Gate gradients: dL/dg = dy_t · ye. T·k and T·E fit: the forward pass checked them.
+        grow(&mut self.dgate, t_n * k, 0.0)?;
         {
             let (ws, top_e, slot) = (&self.ws, &self.top_e, &self.slot);
             let dyd = dy.data();
@@ -607,21 +680,21 @@ impl MoeLayer {
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq)),
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
             Exec::ExpertParallel => self
                 .experts
                 .par_iter_mut()
                 .zip(self.ws.par_iter_mut())
-                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq)),
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
             Exec::GemmParallel => self
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon)),
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon))?,
         }
 
         // dx from the experts, token by token in rank order.
-        dx.resize(&[t_n, d]);
+        dx.try_resize(&[t_n, d])?;
         {
             let (ws, top_e, slot) = (&self.ws, &self.top_e, &self.slot);
             let f = |(t, dxr): (usize, &mut [f32])| {
@@ -652,7 +725,7 @@ impl MoeLayer {
         }
 
         // Router: gates → probabilities → logits, plus both auxiliary losses.
-        self.dlogits.resize(t_n * e_n, 0.0);
+        grow(&mut self.dlogits, t_n * e_n, 0.0)?;
         let assignments = (t_n * k) as f32;
         let aux_scale = self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
         let z_scale = self.cfg.z_loss_coef * 2.0 / t_n as f32;
@@ -695,7 +768,7 @@ impl MoeLayer {
             wg.data_mut(),
             true,
             par_for(d, e_n, t_n),
-        );
+        )?;
         col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
         matmul(
             t_n,
@@ -708,9 +781,24 @@ impl MoeLayer {
             dx.data_mut(),
             true,
             par_for(t_n, d, e_n),
-        );
+        )?;
         Ok(())
     }
+}
+
+/// Resizes `v` to `n` (keeping, not clearing, what is there), or [`CoreError::TooLarge`] if the
+/// allocator refuses, instead of aborting.
+fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) -> Result<()> {
+    if n > v.len() {
+        v.try_reserve(n - v.len()).map_err(|e| {
+            too_large(
+                "MoeLayer buffer",
+                format!("{n} elements of {} bytes: {e}", std::mem::size_of::<T>()),
+            )
+        })?;
+    }
+    v.resize(n, fill);
+    Ok(())
 }
 
 /// Element-wise work split into pool-sized pieces when the GEMMs are split too.
@@ -734,10 +822,17 @@ fn gelu_bwd(h: &[f32], da: &mut [f32], par: Par) {
     }
 }
 
-fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize, par: Par) {
+fn expert_forward(
+    ex: &Expert,
+    ws: &mut ExpertWs,
+    x: &[f32],
+    d: usize,
+    h: usize,
+    par: Par,
+) -> Result<()> {
     let n = ws.n;
     if n == 0 {
-        return;
+        return Ok(());
     }
     for (r, &t) in ws.tok[..n].iter().enumerate() {
         ws.xe[r * d..(r + 1) * d].copy_from_slice(&x[t as usize * d..(t as usize + 1) * d]);
@@ -745,24 +840,32 @@ fn expert_forward(ex: &Expert, ws: &mut ExpertWs, x: &[f32], d: usize, h: usize,
     let (w1, b1) = (ex.fc1.w.value.data(), ex.fc1.b.value.data());
     let (w2, b2) = (ex.fc2.w.value.data(), ex.fc2.b.value.data());
     if n <= 4 {
-        gemv_rows(n, h, d, &ws.xe, w1, Some(b1), &mut ws.h);
+        gemv_rows(n, h, d, &ws.xe, w1, Some(b1), &mut ws.h)?;
     } else {
-        matmul(n, h, d, &ws.xe, false, w1, false, &mut ws.h, false, par);
+        matmul(n, h, d, &ws.xe, false, w1, false, &mut ws.h, false, par)?;
         kernels::add_bias(&mut ws.h[..n * h], b1);
     }
     gelu_fwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
     if n <= 4 {
-        gemv_rows(n, d, h, &ws.a, w2, Some(b2), &mut ws.ye);
+        gemv_rows(n, d, h, &ws.a, w2, Some(b2), &mut ws.ye)?;
     } else {
-        matmul(n, d, h, &ws.a, false, w2, false, &mut ws.ye, false, par);
+        matmul(n, d, h, &ws.a, false, w2, false, &mut ws.ye, false, par)?;
         kernels::add_bias(&mut ws.ye[..n * d], b2);
     }
+    Ok(())
 }
 
-fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: usize, par: Par) {
+fn expert_backward(
+    ex: &mut Expert,
+    ws: &mut ExpertWs,
+    dy: &[f32],
+    d: usize,
+    h: usize,
+    par: Par,
+) -> Result<()> {
     let n = ws.n;
     if n == 0 {
-        return;
+        return Ok(());
     }
     for r in 0..n {
         let t = ws.tok[r] as usize;
@@ -784,7 +887,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         ex.fc2.w.grad.data_mut(),
         true,
         par,
-    );
+    )?;
     col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
     matmul(
         n,
@@ -797,7 +900,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         &mut ws.a,
         false,
         par,
-    );
+    )?;
     gelu_bwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
     // fc1: dW1 += Xeᵀ·dH, db1 += Σ dH, dXe = dH·W1ᵀ (into `xe`, after dW1 has used it).
     matmul(
@@ -811,7 +914,7 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         ex.fc1.w.grad.data_mut(),
         true,
         par,
-    );
+    )?;
     col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
     matmul(
         n,
@@ -824,7 +927,8 @@ fn expert_backward(ex: &mut Expert, ws: &mut ExpertWs, dy: &[f32], d: usize, h: 
         &mut ws.xe,
         false,
         par,
-    );
+    )?;
+    Ok(())
 }
 
 impl Module for MoeLayer {
@@ -839,5 +943,63 @@ impl Module for MoeLayer {
         for e in &mut self.experts {
             e.visit_params_mut(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(cfg: MoeConfig) -> Result<MoeLayer> {
+        MoeLayer::new("moe", cfg, &mut ChaCha8Rng::seed_from_u64(0))
+    }
+
+    /// `T·k` for a huge `T` overflowed in `capacity`; the capacity is now bounded by `T`.
+    #[test]
+    fn capacity_of_a_huge_batch_does_not_overflow() {
+        let cfg = MoeConfig {
+            capacity_factor: Some(1.25),
+            ..MoeConfig::new(4, 4, 8, 2)
+        };
+        for t in [usize::MAX, usize::MAX / 2 + 1, 1 << 62] {
+            let cap = cfg.capacity(t);
+            assert!((1..=t).contains(&cap), "capacity({t}) = {cap}");
+        }
+        assert_eq!(cfg.capacity(16), 5, "⌈1.25·16·2/8⌉");
+        assert_eq!(cfg.capacity(0), 1);
+        let roomy = MoeConfig {
+            capacity_factor: Some(1e30),
+            ..MoeConfig::new(4, 4, 8, 2)
+        };
+        assert_eq!(roomy.capacity(10), 10, "never more room than tokens");
+    }
+
+    /// Sizes beyond the documented limits are typed errors before any allocation (each of
+    /// these would otherwise ask for terabytes, or overflow the parameter count).
+    #[test]
+    fn sizes_beyond_the_limits_are_refused_before_allocating() {
+        let too_large = |cfg: MoeConfig| {
+            let v = cfg.validate();
+            assert!(
+                matches!(v, Err(CoreError::TooLarge { .. })),
+                "{cfg:?}: {v:?}"
+            );
+            assert!(matches!(layer(cfg), Err(CoreError::TooLarge { .. })));
+        };
+        too_large(MoeConfig::new(MAX_DIM + 1, 4, 2, 1));
+        too_large(MoeConfig::new(4, 1 << 40, 2, 1));
+        too_large(MoeConfig::new(4, 4, MAX_EXPERTS + 1, 1));
+        // Each dimension within bounds, the layer not: 2 · 2^20 · 2^20 parameters.
+        too_large(MoeConfig::new(MAX_DIM, MAX_DIM, 1, 1));
+        let k = MoeConfig::new(4, 4, 128, MAX_TOP_K + 1);
+        assert!(matches!(k.validate(), Err(CoreError::Config(_))));
+        // The parameter count itself is checked arithmetic.
+        assert!(matches!(
+            MoeConfig::new(usize::MAX, usize::MAX, usize::MAX, 1).num_params(),
+            Err(CoreError::TooLarge { .. })
+        ));
+        let small = MoeConfig::new(4, 8, 3, 2);
+        let l = layer(small.clone()).unwrap();
+        assert_eq!(small.num_params().unwrap(), l.num_params());
     }
 }

@@ -9,8 +9,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, mul, too_large};
 use crate::layers::{LayerNorm, Linear, gelu_backward, gelu_forward};
+use crate::limits::{MAX_BLOCKS, MAX_DIM, MAX_PARAMS};
 use crate::moe::{MoeConfig, MoeLayer, MoeStats};
 use crate::normalizer::ObsNormalizer;
 use crate::param::{Module, Param};
@@ -83,12 +84,20 @@ pub enum HeadConfig {
 }
 
 impl HeadConfig {
-    /// Output width of the head.
+    /// Output width of the head (saturating: a validated config never comes near `usize::MAX`).
     pub fn out_dim(&self) -> usize {
         match *self {
             HeadConfig::Linear { out_dim } => out_dim,
             HeadConfig::DuelingQ { n_actions } => n_actions,
-            HeadConfig::PolicyValue { n_actions } => n_actions + 1,
+            HeadConfig::PolicyValue { n_actions } => n_actions.saturating_add(1),
+        }
+    }
+
+    /// The width the config declares: `out_dim` or `n_actions`.
+    fn declared(&self) -> usize {
+        match *self {
+            HeadConfig::Linear { out_dim } => out_dim,
+            HeadConfig::DuelingQ { n_actions } | HeadConfig::PolicyValue { n_actions } => n_actions,
         }
     }
 }
@@ -146,7 +155,17 @@ impl NetworkConfig {
         }
     }
 
-    /// Checks every size and coefficient, naming the bad one.
+    /// Checks every size and coefficient, naming the bad one, without allocating anything of
+    /// the sizes it checks. Every path that builds a network from a config calls it first
+    /// ([`Network::new`], checkpoint and snapshot loading), so a config from a file or a user
+    /// cannot make the process abort on allocation.
+    ///
+    /// Limits (see [`crate::limits`]): `obs_dim`, `d_model`, every `d_hidden` and the head's
+    /// `out_dim`/`n_actions` in 1..=[`MAX_DIM`] (2^20); at most [`MAX_BLOCKS`] (256) blocks;
+    /// MoE blocks as in [`MoeConfig::validate`] (at most 1,024 experts, `top_k` ≤ min(experts,
+    /// 64)); and at most [`MAX_PARAMS`] (2^31) parameters in total ([`NetworkConfig::num_params`],
+    /// checked arithmetic). A size beyond a limit is [`CoreError::TooLarge`]; a zero or an
+    /// inconsistent value is [`CoreError::Config`].
     pub fn validate(&self) -> Result<()> {
         if self.obs_dim == 0 || self.d_model == 0 {
             return Err(CoreError::Config(format!(
@@ -154,12 +173,32 @@ impl NetworkConfig {
                 self.obs_dim, self.d_model
             )));
         }
-        if self.head.out_dim() == 0
-            || matches!(
-                self.head,
-                HeadConfig::DuelingQ { n_actions: 0 } | HeadConfig::PolicyValue { n_actions: 0 }
-            )
-        {
+        let head_name = match self.head {
+            HeadConfig::Linear { .. } => "head out_dim",
+            _ => "head n_actions",
+        };
+        for (name, v) in [
+            ("obs_dim", self.obs_dim),
+            ("d_model", self.d_model),
+            (head_name, self.head.declared()),
+        ] {
+            if v > MAX_DIM {
+                return Err(too_large(
+                    format!("network {name}"),
+                    format!("{v} exceeds the limit of {MAX_DIM}"),
+                ));
+            }
+        }
+        if self.blocks.len() > MAX_BLOCKS {
+            return Err(too_large(
+                "network blocks",
+                format!(
+                    "{} blocks exceed the limit of {MAX_BLOCKS}",
+                    self.blocks.len()
+                ),
+            ));
+        }
+        if self.head.declared() == 0 {
             return Err(CoreError::Config(
                 "network: the head needs at least one output".into(),
             ));
@@ -182,10 +221,108 @@ impl NetworkConfig {
                         "network: blocks[{i}].d_hidden must be > 0"
                     )));
                 }
+                BlockConfig::Dense { d_hidden } if *d_hidden > MAX_DIM => {
+                    return Err(too_large(
+                        format!("network blocks[{i}].d_hidden"),
+                        format!("{d_hidden} exceeds the limit of {MAX_DIM}"),
+                    ));
+                }
                 BlockConfig::Dense { .. } => {}
             }
         }
+        let params = self.num_params()?;
+        if params > MAX_PARAMS {
+            return Err(too_large(
+                "network",
+                format!("{params} parameters exceed the limit of {MAX_PARAMS}"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Total scalar parameters of the network this config builds, with checked arithmetic
+    /// ([`CoreError::TooLarge`] on overflow). Allocates nothing.
+    pub fn num_params(&self) -> Result<usize> {
+        const WHAT: &str = "network parameter count";
+        let add = |a: usize, b: usize| {
+            a.checked_add(b)
+                .ok_or_else(|| too_large(WHAT, format!("{a} + {b} overflows usize")))
+        };
+        // A Linear d_in → d_out holds d_in·d_out + d_out; a LayerNorm over d holds 2·d.
+        let lin = |d_in: usize, d_out: usize| add(mul(WHAT, d_in, d_out)?, d_out);
+        let d = self.d_model;
+        let norm = mul(WHAT, 2, d)?;
+        let mut n = add(lin(self.obs_dim, d)?, norm)?; // input and final norm
+        for b in &self.blocks {
+            let ffn = match (b, self.moe_config(b)) {
+                (_, Some(mc)) => mc.num_params()?,
+                (BlockConfig::Dense { d_hidden }, None) => {
+                    add(lin(d, *d_hidden)?, lin(*d_hidden, d)?)?
+                }
+                (BlockConfig::Moe { .. }, None) => 0,
+            };
+            n = add(add(n, norm)?, ffn)?;
+        }
+        let head = match self.head {
+            HeadConfig::Linear { out_dim } => lin(d, out_dim)?,
+            HeadConfig::DuelingQ { n_actions } | HeadConfig::PolicyValue { n_actions } => {
+                add(lin(d, 1)?, lin(d, n_actions)?)?
+            }
+        };
+        add(n, head)
+    }
+
+    /// Calls `f` with the name and shape of every parameter the network would hold, in the
+    /// order of [`Module::visit_params`], without building it: checkpoint loading checks a
+    /// file's tensors against these before allocating anything. Stops at the first error.
+    pub(crate) fn visit_param_shapes(
+        &self,
+        f: &mut dyn FnMut(&str, &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        type Visit<'a> = dyn FnMut(&str, &[usize]) -> Result<()> + 'a;
+        fn lin(f: &mut Visit<'_>, name: &str, d_in: usize, d_out: usize) -> Result<()> {
+            f(&format!("{name}.w"), &[d_in, d_out])?;
+            f(&format!("{name}.b"), &[d_out])
+        }
+        fn norm(f: &mut Visit<'_>, name: &str, d: usize) -> Result<()> {
+            f(&format!("{name}.gamma"), &[d])?;
+            f(&format!("{name}.beta"), &[d])
+        }
+        let d = self.d_model;
+        lin(f, "input", self.obs_dim, d)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let name = format!("blocks.{i}");
+            norm(f, &format!("{name}.norm"), d)?;
+            match *b {
+                BlockConfig::Moe {
+                    d_hidden,
+                    n_experts,
+                    ..
+                } => {
+                    lin(f, &format!("{name}.moe.router"), d, n_experts)?;
+                    for e in 0..n_experts {
+                        lin(f, &format!("{name}.moe.experts.{e}.fc1"), d, d_hidden)?;
+                        lin(f, &format!("{name}.moe.experts.{e}.fc2"), d_hidden, d)?;
+                    }
+                }
+                BlockConfig::Dense { d_hidden } => {
+                    lin(f, &format!("{name}.fc1"), d, d_hidden)?;
+                    lin(f, &format!("{name}.fc2"), d_hidden, d)?;
+                }
+            }
+        }
+        norm(f, "final_norm", d)?;
+        match self.head {
+            HeadConfig::Linear { out_dim } => lin(f, "head.out", d, out_dim),
+            HeadConfig::DuelingQ { n_actions } => {
+                lin(f, "head.value", d, 1)?;
+                lin(f, "head.advantage", d, n_actions)
+            }
+            HeadConfig::PolicyValue { n_actions } => {
+                lin(f, "head.logits", d, n_actions)?;
+                lin(f, "head.value", d, 1)
+            }
+        }
     }
 
     fn moe_config(&self, b: &BlockConfig) -> Option<MoeConfig> {
@@ -332,7 +469,7 @@ impl Head {
                 value.forward(x, v)?;
                 adv.forward(x, a)?;
                 let n = a.cols();
-                y.resize(&[x.rows(), n]);
+                y.try_resize(&[x.rows(), n])?;
                 for r in 0..x.rows() {
                     let ar = a.row(r);
                     let mean = ar.iter().sum::<f32>() / n as f32;
@@ -353,7 +490,7 @@ impl Head {
                 logits.forward(x, l)?;
                 value.forward(x, v)?;
                 let n = l.cols();
-                y.resize(&[x.rows(), n + 1]);
+                y.try_resize(&[x.rows(), n.saturating_add(1)])?;
                 for r in 0..x.rows() {
                     let yr = y.row_mut(r);
                     yr[..n].copy_from_slice(l.row(r));
@@ -473,7 +610,7 @@ impl Network {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let d = config.d_model;
-        let input = Linear::new("input", config.obs_dim, d, &mut rng);
+        let input = Linear::new("input", config.obs_dim, d, &mut rng)?;
         let mut blocks = Vec::with_capacity(config.blocks.len());
         for (i, b) in config.blocks.iter().enumerate() {
             let name = format!("blocks.{i}");
@@ -484,8 +621,8 @@ impl Network {
                     &mut rng,
                 )?)),
                 (BlockConfig::Dense { d_hidden }, None) => Ffn::Dense {
-                    fc1: Linear::new(&format!("{name}.fc1"), d, *d_hidden, &mut rng),
-                    fc2: Linear::new(&format!("{name}.fc2"), *d_hidden, d, &mut rng),
+                    fc1: Linear::new(&format!("{name}.fc1"), d, *d_hidden, &mut rng)?,
+                    fc2: Linear::new(&format!("{name}.fc2"), *d_hidden, d, &mut rng)?,
                     h: Tensor::default(),
                     a: Tensor::default(),
                     g: Tensor::default(),
@@ -504,11 +641,11 @@ impl Network {
         }
         let head = match config.head {
             HeadConfig::Linear { out_dim } => {
-                Head::Linear(Linear::new("head.out", d, out_dim, &mut rng))
+                Head::Linear(Linear::new("head.out", d, out_dim, &mut rng)?)
             }
             HeadConfig::DuelingQ { n_actions } => Head::DuelingQ {
-                value: Linear::new("head.value", d, 1, &mut rng),
-                adv: Linear::new("head.advantage", d, n_actions, &mut rng),
+                value: Linear::new("head.value", d, 1, &mut rng)?,
+                adv: Linear::new("head.advantage", d, n_actions, &mut rng)?,
                 v: Tensor::default(),
                 a: Tensor::default(),
                 gv: Tensor::default(),
@@ -516,8 +653,8 @@ impl Network {
                 gx: Tensor::default(),
             },
             HeadConfig::PolicyValue { n_actions } => Head::PolicyValue {
-                logits: Linear::new("head.logits", d, n_actions, &mut rng),
-                value: Linear::new("head.value", d, 1, &mut rng),
+                logits: Linear::new("head.logits", d, n_actions, &mut rng)?,
+                value: Linear::new("head.value", d, 1, &mut rng)?,
                 l: Tensor::default(),
                 v: Tensor::default(),
                 gl: Tensor::default(),
@@ -633,5 +770,43 @@ impl Module for Network {
         }
         self.final_norm.visit_params_mut(f);
         self.head.visit_params_mut(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoint loading checks files against `visit_param_shapes` before building the
+    /// network, so it must list exactly what the network holds, in order.
+    #[test]
+    fn param_shapes_match_the_built_network() {
+        let moe = MoeConfig {
+            capacity_factor: Some(1.5),
+            ..MoeConfig::new(6, 10, 3, 2)
+        };
+        let mut cfg = NetworkConfig::moe(5, 6, 2, &moe, HeadConfig::Linear { out_dim: 2 });
+        cfg.blocks.insert(1, BlockConfig::Dense { d_hidden: 7 });
+        for head in [
+            HeadConfig::Linear { out_dim: 2 },
+            HeadConfig::DuelingQ { n_actions: 4 },
+            HeadConfig::PolicyValue { n_actions: 3 },
+        ] {
+            let cfg = NetworkConfig {
+                head,
+                ..cfg.clone()
+            };
+            let mut listed = Vec::new();
+            cfg.visit_param_shapes(&mut |n, s| {
+                listed.push((n.to_string(), s.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            let net = Network::new(cfg.clone(), 1).unwrap();
+            let mut built = Vec::new();
+            net.visit_params(&mut |p| built.push((p.name.clone(), p.value.shape().to_vec())));
+            assert_eq!(listed, built);
+            assert_eq!(cfg.num_params().unwrap(), net.num_params());
+        }
     }
 }

@@ -22,6 +22,9 @@ pub struct ObsNormalizer {
 
 impl ObsNormalizer {
     /// A normaliser over `dim` features, starting at mean 0 and variance 1.
+    ///
+    /// Allocates `2·dim` f64 infallibly: `dim` must already be bounded, as
+    /// [`crate::NetworkConfig::validate`] bounds `obs_dim` by [`crate::limits::MAX_DIM`].
     pub fn new(dim: usize, enabled: bool, clip: f32) -> Self {
         ObsNormalizer {
             enabled,

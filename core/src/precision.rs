@@ -561,6 +561,10 @@ impl<W: Weight> ActingNet<W> {
     }
 
     /// Reads a snapshot written by [`ActingNet::save`] with the same weight type.
+    ///
+    /// The stored config passes [`NetworkConfig::validate`] before anything is sized from it,
+    /// and each tensor's dtype and shape are checked before it is converted, so a forged
+    /// header is a typed error rather than an abort on allocation.
     pub fn load(path: &Path) -> Result<Self> {
         let (bytes, meta) = checkpoint::read_safetensors(path, SNAPSHOT_FORMAT)?;
         let err = |reason: String| CoreError::Checkpoint {
@@ -574,6 +578,9 @@ impl<W: Weight> ActingNet<W> {
             .ok_or_else(|| err("missing network_config".into()))?;
         let config: NetworkConfig =
             serde_json::from_str(cfg_json).map_err(|e| err(format!("network_config: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| err(format!("stored network config is invalid: {e}")))?;
         let mut normalizer =
             ObsNormalizer::new(config.obs_dim, config.normalize_obs, config.obs_clip);
         checkpoint::read_normalizer(path, &st, &mut normalizer)?;

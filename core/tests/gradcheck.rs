@@ -91,7 +91,7 @@ fn linear_gradients() {
     let mut r = rng(1);
     // 3 rows take the GEMV path, 7 rows the GEMM path.
     for rows in [3, 7] {
-        let mut lin = Linear::new("lin", 5, 4, &mut r);
+        let mut lin = Linear::new("lin", 5, 4, &mut r).unwrap();
         let x = rand_tensor(&mut r, rows, 5, -2.0, 2.0);
         let dy = rand_tensor(&mut r, rows, 4, -1.0, 1.0);
         let mut y = Tensor::default();

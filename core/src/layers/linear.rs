@@ -1,6 +1,6 @@
 use rand::Rng;
 
-use crate::error::Result;
+use crate::error::{Result, mul, too_large};
 use crate::kernels::{col_sum_acc, gemv_rows, matmul};
 use crate::layers::par_for;
 use crate::param::{Module, Param};
@@ -21,26 +21,30 @@ pub struct Linear {
 
 impl Linear {
     /// A layer initialised like PyTorch's `nn.Linear`: uniform in ±1/√in.
-    pub fn new(name: &str, d_in: usize, d_out: usize, rng: &mut impl Rng) -> Self {
+    ///
+    /// # Errors
+    /// [`crate::CoreError::TooLarge`] if `d_in · d_out` overflows or cannot be allocated (the
+    /// network and MoE configs bound both by [`crate::limits::MAX_DIM`] before calling this).
+    pub fn new(name: &str, d_in: usize, d_out: usize, rng: &mut impl Rng) -> Result<Self> {
         let bound = 1.0 / (d_in.max(1) as f32).sqrt();
-        let w: Vec<f32> = (0..d_in * d_out)
-            .map(|_| rng.random_range(-bound..=bound))
-            .collect();
-        let b: Vec<f32> = (0..d_out)
-            .map(|_| rng.random_range(-bound..=bound))
-            .collect();
-        Linear {
+        let mut uniform = |n: usize| -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)
+                .map_err(|e| too_large(format!("Linear::new {name}"), format!("{n} f32: {e}")))?;
+            v.extend((0..n).map(|_| rng.random_range(-bound..=bound)));
+            Ok(v)
+        };
+        let w = uniform(mul("Linear::new", d_in, d_out)?)?;
+        let b = uniform(d_out)?;
+        // Param::new allocates the gradient of the same size.
+        Ok(Linear {
             w: Param::new(
                 format!("{name}.w"),
-                Tensor::from_vec(w, &[d_in, d_out]).unwrap_or_default(),
+                Tensor::from_vec(w, &[d_in, d_out])?,
                 true,
             ),
-            b: Param::new(
-                format!("{name}.b"),
-                Tensor::from_vec(b, &[d_out]).unwrap_or_default(),
-                false,
-            ),
-        }
+            b: Param::new(format!("{name}.b"), Tensor::from_vec(b, &[d_out])?, false),
+        })
     }
 
     /// Input width.
@@ -57,7 +61,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
         x.expect_cols("Linear::forward", self.d_in())?;
         let (m, k, n) = (x.rows(), self.d_in(), self.d_out());
-        y.resize(&[m, n]);
+        y.try_resize(&[m, n])?;
         if m <= GEMV_MAX_ROWS {
             gemv_rows(
                 m,
@@ -67,7 +71,7 @@ impl Linear {
                 self.w.value.data(),
                 Some(self.b.value.data()),
                 y.data_mut(),
-            );
+            )?;
         } else {
             matmul(
                 m,
@@ -80,7 +84,7 @@ impl Linear {
                 y.data_mut(),
                 false,
                 par_for(m, n, k),
-            );
+            )?;
             crate::kernels::add_bias(y.data_mut(), self.b.value.data());
         }
         Ok(())
@@ -109,10 +113,10 @@ impl Linear {
             self.w.grad.data_mut(),
             true,
             par_for(k, n, m),
-        );
+        )?;
         col_sum_acc(self.b.grad.data_mut(), dy.data());
         if let Some(dx) = dx {
-            dx.resize(&[m, k]);
+            dx.try_resize(&[m, k])?;
             matmul(
                 m,
                 k,
@@ -124,7 +128,7 @@ impl Linear {
                 dx.data_mut(),
                 false,
                 par_for(m, k, n),
-            );
+            )?;
         }
         Ok(())
     }

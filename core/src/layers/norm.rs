@@ -18,7 +18,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// A layer over `d` features.
+    /// A layer over `d` features. Allocates `4·d` f32 infallibly: configs bound `d` by
+    /// [`crate::limits::MAX_DIM`] before a network is built.
     pub fn new(name: &str, d: usize) -> Self {
         let mut gamma = Tensor::zeros(&[d]);
         gamma.fill(1.0);

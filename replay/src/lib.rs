@@ -6,7 +6,9 @@
 //! - [`ReplayStore`] opens (creating or migrating) one SQLite file: runs, episodes,
 //!   transitions, the model registry, reflections and metadata. The schema is in `SCHEMA.md`.
 //! - [`WriterHandle`] / [`Writer`] / [`EpisodeWriter`]: actors buffer whole episodes and send
-//!   them through a bounded channel to one writer thread, which commits them in batches.
+//!   them through a bounded channel to one writer thread, which commits them in batches and
+//!   rides out transient failures (a lock held elsewhere, a full disk) by retrying, reporting
+//!   its [`WriterHealth`] meanwhile.
 //! - [`Inspector`]: read-only queries for looking back at a file of any schema version
 //!   (summaries, filtered episodes, streamed exports), as `autodidact replay` shows them.
 //! - [`Sampler`]: uniform and prioritized sampling with n-step returns from an in-memory
@@ -36,4 +38,7 @@ pub use store::{
     Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary, TransitionRow,
 };
 pub use types::{Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, Run, RunSpec};
-pub use writer::{EpisodeWriter, Writer, WriterHandle, WriterOptions, WriterStats};
+pub use writer::{
+    EpisodeWriter, FIRST_RETRY_BACKOFF, Stall, StallReason, Writer, WriterHandle, WriterHealth,
+    WriterOptions, WriterStats,
+};

@@ -2,6 +2,7 @@
 //! metadata and read-only snapshots. All SQL of the crate lives here and in `writer.rs`, so a
 //! second backend only has to replace these two modules.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -14,7 +15,7 @@ use crate::error::{ReplayError, Result};
 use crate::mirror::{EpisodeIn, Mirror, MirrorOptions, Sampler};
 use crate::schema::{self, SCHEMA_VERSION};
 use crate::types::{Action, ActionSpace, Dtype, Run, RunSpec, now_secs};
-use crate::writer::{WriterHandle, WriterOptions};
+use crate::writer::{Control, WriterHandle, WriterOptions, apply_max_file_bytes};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,9 +65,14 @@ pub struct StoreOptions {
     /// How long a connection waits for another one's lock before failing with
     /// [`ReplayError::Busy`].
     pub busy_timeout: Duration,
-    /// Hard limit on the file size in pages (`PRAGMA max_page_count`); reaching it fails like
-    /// a full disk. `None` = SQLite's default (effectively unlimited).
-    pub max_pages: Option<u64>,
+    /// Hard cap on the size of the database file in bytes (`PRAGMA max_page_count`, rounded
+    /// down to whole pages, on every connection of the store). Reaching it fails a write like
+    /// a full disk does ([`ReplayError::DiskFull`]): the writer thread keeps what it holds and
+    /// retries, a registry write returns the error. SQLite never lowers the cap below the
+    /// current size of the file, so a cap smaller than the file freezes it at its size. The
+    /// write-ahead log (`-wal`) is not counted. `None` = no cap but SQLite's own
+    /// (4294967294 pages). Change it at run time with [`ReplayStore::set_max_file_bytes`].
+    pub max_file_bytes: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -76,7 +82,7 @@ impl Default for StoreOptions {
             mirror: MirrorOptions::default(),
             retention: Retention::default(),
             busy_timeout: Duration::from_secs(5),
-            max_pages: None,
+            max_file_bytes: None,
         }
     }
 }
@@ -294,8 +300,8 @@ pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Resu
     ))
     .map_err(ReplayError::from)
     .map_err(schema::not_a_db(path))?;
-    if let Some(pages) = opts.max_pages {
-        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    if opts.max_file_bytes.is_some() && !read_only {
+        apply_max_file_bytes(&conn, opts.max_file_bytes)?;
     }
     Ok(conn)
 }
@@ -312,6 +318,11 @@ pub struct ReplayStore {
     read_only: bool,
     mirror: Arc<RwLock<Mirror>>,
     writer_running: Arc<AtomicBool>,
+    /// Shared with the writer thread: the file-size cap and the bell that wakes it.
+    control: Arc<Control>,
+    /// The file-size cap the store's own connection has, to notice a change made through a
+    /// [`WriterHandle`].
+    applied_cap: Cell<Option<u64>>,
 }
 
 impl ReplayStore {
@@ -345,6 +356,8 @@ impl ReplayStore {
         let store = ReplayStore {
             conn,
             path,
+            control: Arc::new(Control::new(options.max_file_bytes)),
+            applied_cap: Cell::new(options.max_file_bytes),
             options,
             read_only: false,
             mirror: Arc::new(RwLock::new(mirror)),
@@ -380,6 +393,8 @@ impl ReplayStore {
             conn,
             path,
             mirror: Arc::new(RwLock::new(Mirror::new(options.mirror))),
+            control: Arc::new(Control::new(None)),
+            applied_cap: Cell::new(None),
             options,
             read_only: true,
             writer_running: Arc::new(AtomicBool::new(false)),
@@ -391,9 +406,35 @@ impl ReplayStore {
         &self.path
     }
 
-    /// Options the store was opened with.
+    /// Options the store was opened with (a cap changed since by
+    /// [`ReplayStore::set_max_file_bytes`] is not reflected here; see
+    /// [`ReplayStore::max_file_bytes`]).
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// The cap on the file size in force now (see [`StoreOptions::max_file_bytes`]).
+    pub fn max_file_bytes(&self) -> Option<u64> {
+        self.control.max_file_bytes()
+    }
+
+    /// Changes the cap on the file size (see [`StoreOptions::max_file_bytes`]) for the store's
+    /// connection at once and for its writer thread before its next attempt; a writer stalled
+    /// on a full file is woken to try again. `None` removes the cap.
+    pub fn set_max_file_bytes(&self, bytes: Option<u64>) -> Result<()> {
+        self.control.set_max_file_bytes(bytes);
+        self.follow_cap()
+    }
+
+    /// Brings the store's own connection to the cap in force, which a [`WriterHandle`] may
+    /// have changed.
+    fn follow_cap(&self) -> Result<()> {
+        let want = self.control.max_file_bytes();
+        if !self.read_only && want != self.applied_cap.get() {
+            apply_max_file_bytes(&self.conn, want)?;
+            self.applied_cap.set(want);
+        }
+        Ok(())
     }
 
     /// Whether the store was opened read-only.
@@ -417,12 +458,17 @@ impl ReplayStore {
     /// are committed in batches and then appear in [`ReplayStore::sampler`].
     pub fn start_writer(&self, options: WriterOptions) -> Result<WriterHandle> {
         let conn = connect(&self.path, self.read_only, &self.options)?;
+        if !self.read_only {
+            // The cap may have changed since the store was opened.
+            apply_max_file_bytes(&conn, self.control.max_file_bytes())?;
+        }
         WriterHandle::start(
             conn,
             options,
             self.options.retention,
             self.mirror.clone(),
             self.writer_running.clone(),
+            self.control.clone(),
         )
     }
 
@@ -506,6 +552,7 @@ impl ReplayStore {
     /// reads first would fail at once with `SQLITE_BUSY` (no waiting) whenever the writer
     /// thread committed between its read and its write, which a daemon does constantly.
     fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>> {
+        self.follow_cap()?;
         Ok(rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
@@ -593,6 +640,7 @@ impl ReplayStore {
 
     /// Records a reflection; returns its id.
     pub fn add_reflection(&self, r: &NewReflection) -> Result<i64> {
+        self.follow_cap()?;
         self.conn.execute(
             "INSERT INTO reflections (created_at, kind, model_version, data, sentence) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -611,6 +659,7 @@ impl ReplayStore {
     /// table); returns how many were deleted.
     pub fn trim_reflections(&self, keep: u64) -> Result<usize> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.follow_cap()?;
         Ok(self.conn.execute(
             "DELETE FROM reflections WHERE id <= (SELECT max(id) FROM reflections) - ?1",
             [keep],
@@ -648,6 +697,7 @@ impl ReplayStore {
 
     /// Sets a metadata value.
     pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.follow_cap()?;
         self.conn.execute(
             "INSERT INTO metadata (key, value) VALUES (?1, ?2) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -89,6 +89,15 @@ pub enum ReplayError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A model's `checkpoint_path` is not a plain relative path (see
+    /// [`crate::check_checkpoint_path`]): it could name a file outside the run directory.
+    #[error("checkpoint path {path:?} is not a plain relative path: {reason}")]
+    UnsafeCheckpointPath {
+        /// The offending path, as stored or given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A model status change that the registry does not allow.
     #[error("model {version}: {reason}")]
     ModelStatus {

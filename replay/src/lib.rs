@@ -36,8 +36,12 @@ pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::{
     Durability, EpisodeRow, EvictionPolicy, Model, ModelStatus, NewModel, NewReflection,
     Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary, TransitionRow,
+    check_checkpoint_path,
 };
-pub use types::{Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, Run, RunSpec};
+pub use types::{
+    Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, MAX_ACTION_DIM, MAX_OBS_ELEMENTS,
+    MAX_OBS_RANK, MAX_SHAPE_JSON_BYTES, Run, RunSpec,
+};
 pub use writer::{
     EpisodeWriter, FIRST_RETRY_BACKOFF, Stall, StallReason, Writer, WriterHandle, WriterHealth,
     WriterOptions, WriterStats,

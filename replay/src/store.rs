@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,7 +14,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use crate::error::{ReplayError, Result};
 use crate::mirror::{EpisodeIn, Mirror, MirrorOptions, Sampler};
 use crate::schema::{self, SCHEMA_VERSION};
-use crate::types::{Action, ActionSpace, Dtype, Run, RunSpec, now_secs};
+use crate::types::{
+    Action, ActionSpace, Dtype, MAX_OBS_RANK, MAX_SHAPE_JSON_BYTES, Run, RunSpec, now_secs,
+    obs_dims_problem,
+};
 use crate::writer::{Control, WriterHandle, WriterOptions, apply_max_file_bytes};
 
 /// How hard a commit tries to reach the disk.
@@ -123,12 +126,47 @@ impl ModelStatus {
 pub struct NewModel {
     /// The version it was trained from.
     pub parent: Option<i64>,
-    /// Where the checkpoint lives.
+    /// Where the checkpoint lives: a plain relative path (see [`check_checkpoint_path`]).
     pub checkpoint_path: String,
     /// Checksum of the checkpoint file (e.g. hex SHA-256), to detect a swapped file.
     pub checksum: String,
     /// Evaluation metrics, free-form JSON.
     pub metrics: serde_json::Value,
+}
+
+/// Checks that `path` is a plain relative path: not empty, no NUL byte, and made only of
+/// ordinary names (no root `/`, no Windows prefix such as `C:`, no `..`, no `.`). Joined to
+/// a run directory, such a path names a file inside it (symbolic links aside), which is what
+/// makes deleting an old checkpoint safe.
+///
+/// [`ReplayStore::register_model`] refuses any other path. A file written elsewhere (or
+/// before this check existed) may still hold one, so a caller that acts on a stored path
+/// checks it with this function (or [`Model::checkpoint_relative_path`]) first. Returns the
+/// path as a [`Path`], or [`ReplayError::UnsafeCheckpointPath`].
+pub fn check_checkpoint_path(path: &str) -> Result<&Path> {
+    let refuse = |reason| {
+        Err(ReplayError::UnsafeCheckpointPath {
+            path: path.to_string(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return refuse("it is empty");
+    }
+    if path.contains('\0') {
+        return refuse("it contains a NUL byte");
+    }
+    let p = Path::new(path);
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => {}
+            Component::Prefix(_) => return refuse("it starts with a drive or UNC prefix"),
+            Component::RootDir => return refuse("it is absolute"),
+            Component::ParentDir => return refuse("it contains `..`"),
+            Component::CurDir => return refuse("it contains `.`"),
+        }
+    }
+    Ok(p)
 }
 
 /// A registered model version.
@@ -140,7 +178,9 @@ pub struct Model {
     pub parent: Option<i64>,
     /// Registration time, Unix seconds.
     pub created_at: f64,
-    /// Where the checkpoint lives.
+    /// Where the checkpoint lives, as stored: check it with
+    /// [`Model::checkpoint_relative_path`] before using it, since a file from elsewhere may
+    /// hold any text here.
     pub checkpoint_path: String,
     /// Checksum of the checkpoint.
     pub checksum: String,
@@ -148,6 +188,13 @@ pub struct Model {
     pub metrics: serde_json::Value,
     /// Current status.
     pub status: ModelStatus,
+}
+
+impl Model {
+    /// The checkpoint path, if it is a plain relative path; see [`check_checkpoint_path`].
+    pub fn checkpoint_relative_path(&self) -> Result<&Path> {
+        check_checkpoint_path(&self.checkpoint_path)
+    }
 }
 
 /// A reflection to record.
@@ -330,14 +377,21 @@ impl ReplayStore {
     /// the in-memory window from the newest episodes.
     ///
     /// Refuses a file that is not SQLite ([`ReplayError::NotADatabase`]), an SQLite file of
-    /// another application ([`ReplayError::ForeignDatabase`]) and a newer schema
-    /// ([`ReplayError::TooNew`]).
+    /// another application ([`ReplayError::ForeignDatabase`]), a newer schema
+    /// ([`ReplayError::TooNew`]) and a run whose declared shapes are unreadable or beyond the
+    /// limits of [`RunSpec::validate`] ([`ReplayError::Corrupt`]).
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<ReplayStore> {
         let path = path.as_ref().to_path_buf();
         schema::check_magic(&path)?;
         let mut conn = connect(&path, false, &options)?;
         let header = schema::read_header(&conn, &path)?;
         let fresh = schema::classify(&header, &path)?;
+        if !fresh {
+            // A run with an absurd or unreadable shape is refused before anything is sized
+            // from it (the window rebuild, the caller's buffers) and before the file is
+            // touched (WAL switch, migration).
+            validate_runs(&conn)?;
+        }
         if fresh {
             // Only possible before the first table exists.
             conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
@@ -389,7 +443,7 @@ impl ReplayStore {
                 expected: SCHEMA_VERSION,
             });
         }
-        Ok(ReplayStore {
+        let store = ReplayStore {
             conn,
             path,
             mirror: Arc::new(RwLock::new(Mirror::new(options.mirror))),
@@ -398,7 +452,9 @@ impl ReplayStore {
             options,
             read_only: true,
             writer_running: Arc::new(AtomicBool::new(false)),
-        })
+        };
+        validate_runs(&store.conn)?;
+        Ok(store)
     }
 
     /// Path of the database file.
@@ -505,8 +561,11 @@ impl ReplayStore {
         self.snapshot()?.run(id)
     }
 
-    /// Registers a model version as a candidate.
+    /// Registers a model version as a candidate. Its `checkpoint_path` must be a plain
+    /// relative path ([`check_checkpoint_path`]), relative to the directory the caller keeps
+    /// checkpoints in; anything else is refused with [`ReplayError::UnsafeCheckpointPath`].
     pub fn register_model(&self, model: &NewModel) -> Result<Model> {
+        check_checkpoint_path(&model.checkpoint_path)?;
         let created_at = now_secs();
         let tx = self.write_transaction()?;
         if let Some(parent) = model.parent {
@@ -754,10 +813,7 @@ impl ReplayStore {
         // follows the shape of the newest episode (as the live mirror follows its first).
         let mut layouts: HashMap<i64, (Dtype, usize, usize)> = HashMap::new();
         for run in self.snapshot()?.runs()? {
-            let act_len = match run.spec.action_space {
-                ActionSpace::Discrete { .. } => 0,
-                ActionSpace::Continuous { dim } => dim,
-            };
+            let act_len = run.spec.action_space.act_len();
             layouts.insert(run.id, (run.spec.obs_dtype, run.spec.obs_len(), act_len));
         }
         let mut shape: Option<(usize, usize)> = None;
@@ -901,7 +957,9 @@ fn decode_obs(
     table: &'static str,
     id: i64,
 ) -> Result<()> {
-    if blob.len() != len * dtype.size() {
+    // `len` comes from a validated run (at most MAX_OBS_ELEMENTS), but the product is checked
+    // anyway: a mismatch must never be an overflow.
+    if len.checked_mul(dtype.size()) != Some(blob.len()) {
         return Err(corrupt(
             table,
             id,
@@ -918,40 +976,119 @@ fn decode_obs(
         .ok_or_else(|| corrupt(table, id, "blob length"))
 }
 
-/// Reads and decodes one `runs` row (shared by snapshots and the inspector).
+/// Reads, decodes and validates one `runs` row (shared by snapshots and the inspector).
+///
+/// The row comes from a file that anyone may have written, so every column is checked before
+/// anything is sized from it: the shape columns are refused unread when longer than
+/// [`MAX_SHAPE_JSON_BYTES`], parsed as integers, and checked against the limits of
+/// [`RunSpec::validate`] with checked arithmetic. Anything wrong is [`ReplayError::Corrupt`].
 pub(crate) fn read_run(conn: &Connection, id: i64) -> Result<Run> {
+    // `octet_length` reads the size from the record header, so an oversized value is refused
+    // without being loaded.
+    let sql = format!(
+        "SELECT env_id, \
+           CASE WHEN octet_length(obs_dims) <= {MAX_SHAPE_JSON_BYTES} THEN obs_dims END, \
+           obs_dtype, \
+           CASE WHEN octet_length(action_space) <= {MAX_SHAPE_JSON_BYTES} \
+             THEN action_space END, \
+           config, code_version, started_at FROM runs WHERE id = ?1"
+    );
+    let bad = |what: &str| corrupt("runs", id, what);
+    let text = |r: &Row<'_>, i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+    };
     let row = conn
-        .query_row(
-            "SELECT env_id, obs_dims, obs_dtype, action_space, config, code_version, \
-                 started_at FROM runs WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, f64>(6)?,
-                ))
-            },
-        )
+        .query_row(&sql, [id], |r| {
+            Ok((
+                text(r, 0)?,
+                text(r, 1)?,
+                text(r, 2)?,
+                text(r, 3)?,
+                text(r, 4)?,
+                text(r, 5)?,
+                r.get::<_, Option<f64>>(6).ok().flatten(),
+            ))
+        })
         .optional()?
         .ok_or(ReplayError::NotFound { what: "run", id })?;
     let (env_id, dims, dtype, space, config, code_version, started_at) = row;
+    let env_id = env_id.ok_or_else(|| bad("env_id is not text"))?;
+    let dims = dims.ok_or_else(|| {
+        bad(&format!(
+            "obs_dims is not text of at most {MAX_SHAPE_JSON_BYTES} bytes"
+        ))
+    })?;
+    let space = space.ok_or_else(|| {
+        bad(&format!(
+            "action_space is not text of at most {MAX_SHAPE_JSON_BYTES} bytes"
+        ))
+    })?;
+    let obs_dims = parse_obs_dims(&dims).map_err(|e| bad(&format!("obs_dims {dims:?}: {e}")))?;
+    let action_space: ActionSpace =
+        serde_json::from_str(&space).map_err(|e| bad(&format!("action_space {space:?}: {e}")))?;
+    if let Some(problem) = action_space.problem() {
+        return Err(bad(&format!("action_space: {problem}")));
+    }
+    let config = config.ok_or_else(|| bad("config is not text"))?;
     Ok(Run {
         id,
         spec: RunSpec {
             env_id,
-            obs_dims: serde_json::from_str(&dims)?,
-            obs_dtype: Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?,
-            action_space: serde_json::from_str(&space)?,
-            config: serde_json::from_str(&config)?,
-            code_version,
+            obs_dims,
+            obs_dtype: dtype
+                .as_deref()
+                .and_then(Dtype::parse)
+                .ok_or_else(|| bad("obs_dtype"))?,
+            action_space,
+            config: serde_json::from_str(&config)
+                .map_err(|e| bad(&format!("config is not JSON: {e}")))?,
+            code_version: code_version.ok_or_else(|| bad("code_version is not text"))?,
         },
-        started_at,
+        started_at: started_at.ok_or_else(|| bad("started_at is not a number"))?,
     })
+}
+
+/// Reads every run of the file, refusing the first that does not decode or validate.
+fn validate_runs(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let ids = {
+        let mut stmt = tx.prepare("SELECT id FROM runs ORDER BY id")?;
+        stmt.query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for id in ids {
+        read_run(&tx, id)?;
+    }
+    Ok(())
+}
+
+/// Parses a stored observation shape: a JSON array of integers that passes
+/// [`RunSpec::validate`]'s limits. Negative values and values beyond `u64` are refused here,
+/// not wrapped.
+fn parse_obs_dims(text: &str) -> std::result::Result<Vec<usize>, String> {
+    let raw: Vec<serde_json::Number> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of numbers: {e}"))?;
+    if raw.len() > MAX_OBS_RANK {
+        return Err(format!(
+            "{} dimensions; at most {MAX_OBS_RANK} are allowed",
+            raw.len()
+        ));
+    }
+    let dims = raw
+        .iter()
+        .map(|n| {
+            n.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| format!("dimension {n} is not a non-negative integer"))
+        })
+        .collect::<std::result::Result<Vec<usize>, String>>()?;
+    match obs_dims_problem(&dims) {
+        Some(problem) => Err(problem),
+        None => Ok(dims),
+    }
 }
 
 pub(crate) const MODEL_SELECT: &str =
@@ -1061,26 +1198,33 @@ impl Snapshot<'_> {
 
     /// Episodes, oldest first, of one run or of all runs.
     pub fn episodes(&self, run_id: Option<i64>) -> Result<Vec<EpisodeRow>> {
+        let runs = self.run_layouts()?;
         let mut stmt = self.tx.prepare_cached(
-            "SELECT e.id, e.run_id, e.model_version, e.length, e.episode_return, e.terminated, \
-             e.truncated, e.started_at, e.ended_at, e.final_obs, e.payload_bytes, r.obs_dtype \
-             FROM episodes e JOIN runs r ON r.id = e.run_id \
-             WHERE (?1 IS NULL OR e.run_id = ?1) ORDER BY e.id",
+            "SELECT id, run_id, model_version, length, episode_return, terminated, truncated, \
+             started_at, ended_at, final_obs, payload_bytes \
+             FROM episodes WHERE (?1 IS NULL OR run_id = ?1) ORDER BY id",
         )?;
         let mut rows = stmt.query([run_id])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
-            let dtype: String = r.get(11)?;
-            let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?;
+            let run_id: i64 = r.get(1)?;
+            let run = runs
+                .get(&run_id)
+                .ok_or_else(|| corrupt("episodes", id, "unknown run"))?;
             let blob: &[u8] = r.get_ref(9)?.as_blob()?;
             let mut final_obs = Vec::new();
-            dtype
-                .decode_into(blob, &mut final_obs)
-                .ok_or_else(|| corrupt("episodes", id, "final_obs length"))?;
+            decode_obs(
+                run.spec.obs_dtype,
+                blob,
+                run.spec.obs_len(),
+                &mut final_obs,
+                "episodes",
+                id,
+            )?;
             out.push(EpisodeRow {
                 id,
-                run_id: r.get(1)?,
+                run_id,
                 model_version: r.get(2)?,
                 length: r.get(3)?,
                 episode_return: r.get(4)?,
@@ -1095,23 +1239,27 @@ impl Snapshot<'_> {
         Ok(out)
     }
 
+    /// Every run by id, validated.
+    fn run_layouts(&self) -> Result<HashMap<i64, Run>> {
+        Ok(self.runs()?.into_iter().map(|r| (r.id, r)).collect())
+    }
+
     /// The transitions of one episode in step order, observations decoded to f32.
     pub fn transitions(&self, episode_id: i64) -> Result<Vec<TransitionRow>> {
-        let (dtype, space): (String, String) = self
+        let run_id: i64 = self
             .tx
             .query_row(
-                "SELECT r.obs_dtype, r.action_space FROM episodes e JOIN runs r \
-                 ON r.id = e.run_id WHERE e.id = ?1",
+                "SELECT run_id FROM episodes WHERE id = ?1",
                 [episode_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .optional()?
             .ok_or(ReplayError::NotFound {
                 what: "episode",
                 id: episode_id,
             })?;
-        let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", episode_id, "dtype"))?;
-        let space: ActionSpace = serde_json::from_str(&space)?;
+        let run = self.run(run_id)?;
+        let (dtype, obs_len) = (run.spec.obs_dtype, run.spec.obs_len());
         let mut stmt = self.tx.prepare_cached(
             "SELECT id, step, obs, action_int, action_vec, reward, terminated, truncated, \
              behaviour, priority FROM transitions WHERE episode_id = ?1 ORDER BY step",
@@ -1121,21 +1269,26 @@ impl Snapshot<'_> {
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             let mut obs = Vec::new();
-            dtype
-                .decode_into(r.get_ref(2)?.as_blob()?, &mut obs)
-                .ok_or_else(|| corrupt("transitions", id, "obs length"))?;
-            let action = match space {
+            decode_obs(
+                dtype,
+                r.get_ref(2)?.as_blob()?,
+                obs_len,
+                &mut obs,
+                "transitions",
+                id,
+            )?;
+            let action = match run.spec.action_space {
                 ActionSpace::Discrete { .. } => Action::Discrete(
                     r.get::<_, Option<i64>>(3)?
                         .ok_or_else(|| corrupt("transitions", id, "missing action"))?,
                 ),
-                ActionSpace::Continuous { .. } => {
-                    let blob: Option<Vec<u8>> = r.get(4)?;
-                    let blob = blob.ok_or_else(|| corrupt("transitions", id, "missing action"))?;
+                ActionSpace::Continuous { dim } => {
+                    let blob = r
+                        .get_ref(4)?
+                        .as_blob_or_null()?
+                        .ok_or_else(|| corrupt("transitions", id, "missing action"))?;
                     let mut v = Vec::new();
-                    Dtype::F32
-                        .decode_into(&blob, &mut v)
-                        .ok_or_else(|| corrupt("transitions", id, "action length"))?;
+                    decode_obs(Dtype::F32, blob, dim, &mut v, "transitions", id)?;
                     Action::Continuous(v)
                 }
             };

@@ -385,10 +385,7 @@ impl Writer {
 
     /// Starts buffering an episode of `run`, acted by `model_version`.
     pub fn begin_episode(&self, run: &Run, model_version: Option<i64>) -> EpisodeWriter {
-        let act_len = match run.spec.action_space {
-            crate::ActionSpace::Discrete { .. } => 0,
-            crate::ActionSpace::Continuous { dim } => dim,
-        };
+        let act_len = run.spec.action_space.act_len();
         EpisodeWriter {
             writer: self.clone(),
             data: Box::new(EpisodeData {

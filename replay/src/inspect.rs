@@ -18,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::{ReplayError, Result};
 use crate::schema;
 use crate::store::{
-    MODEL_SELECT, Model, ModelStatus, Reflection, RunStats, StoreOptions, connect, corrupt,
-    model_from_row, read_run,
+    Durability, MODEL_SELECT, Model, ModelStatus, Reflection, RunStats, StoreOptions, connect,
+    corrupt, model_from_row, read_run,
 };
 use crate::types::{ActionRef, ActionSpace, Dtype, Run};
 
@@ -221,7 +221,7 @@ impl Inspector {
             return Err(ReplayError::NoSuchFile { path });
         }
         schema::check_magic(&path)?;
-        let conn = connect(&path, true, &StoreOptions::default())?;
+        let conn = connect(&path, true, &StoreOptions::default(), Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         if schema::classify(&header, &path)? {
             // An empty SQLite file (zero bytes) is not a replay store either.

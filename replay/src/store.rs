@@ -20,16 +20,32 @@ use crate::types::{
 };
 use crate::writer::{Control, WriterHandle, WriterOptions, apply_max_file_bytes};
 
-/// How hard a commit tries to reach the disk.
+/// How hard an episode batch's commit tries to reach the disk (the writer thread's
+/// connection).
+///
+/// It applies to episodes only: the store's own connection, which writes runs, the model
+/// registry, reflections and metadata, always runs `synchronous = FULL`, so that a registry
+/// change (a promotion, say) is on disk when its call returns, whatever this says. A caller
+/// may then delete files that the old state named. SCHEMA.md has the full table of promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// `synchronous = NORMAL` in WAL mode: a committed batch survives a crash of the process
-    /// (including `kill -9`); the last batches may be lost on power failure or OS crash.
+    /// (including `kill -9`); the last batches may be lost on power failure or OS crash
+    /// (never half of one: the file rolls back to an earlier commit).
     #[default]
     Normal,
-    /// `synchronous = FULL`: every commit is fsynced; survives power failure, costs a sync per
-    /// batch.
+    /// `synchronous = FULL`: every batch is fsynced at commit; survives power failure, costs a
+    /// sync per batch.
     Full,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
 }
 
 /// Which whole episodes leave first when the store is over capacity.
@@ -59,7 +75,8 @@ pub struct Retention {
 /// Options of [`ReplayStore::open`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreOptions {
-    /// Commit durability.
+    /// Commit durability of episode batches (the registry is always durable at commit; see
+    /// [`Durability`]).
     pub durability: Durability,
     /// The in-memory sampling window.
     pub mirror: MirrorOptions,
@@ -326,8 +343,14 @@ impl Summary {
     }
 }
 
-/// Opens a connection with the pragmas every connection of the store needs.
-pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Result<Connection> {
+/// Opens a connection with the pragmas every connection of the store needs; `sync` is its
+/// `PRAGMA synchronous` (irrelevant for a read-only connection, which never commits).
+pub(crate) fn connect(
+    path: &Path,
+    read_only: bool,
+    opts: &StoreOptions,
+    sync: Durability,
+) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -338,10 +361,7 @@ pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Resu
     let conn = Connection::open_with_flags(path, flags).map_err(ReplayError::from)?;
     conn.busy_timeout(opts.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(32);
-    let sync = match opts.durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
+    let sync = sync.pragma();
     conn.execute_batch(&format!(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync}; PRAGMA cache_size = -16384;"
     ))
@@ -383,7 +403,8 @@ impl ReplayStore {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<ReplayStore> {
         let path = path.as_ref().to_path_buf();
         schema::check_magic(&path)?;
-        let mut conn = connect(&path, false, &options)?;
+        // The store's own connection writes the registry: always FULL (see `Durability`).
+        let mut conn = connect(&path, false, &options, Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         let fresh = schema::classify(&header, &path)?;
         if !fresh {
@@ -434,7 +455,7 @@ impl ReplayStore {
             },
             ..StoreOptions::default()
         };
-        let conn = connect(&path, true, &options)?;
+        let conn = connect(&path, true, &options, Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         schema::classify(&header, &path)?;
         if header.version < SCHEMA_VERSION {
@@ -513,11 +534,7 @@ impl ReplayStore {
     /// Starts the writer thread (one per store). Episodes sent through its [`crate::Writer`]s
     /// are committed in batches and then appear in [`ReplayStore::sampler`].
     pub fn start_writer(&self, options: WriterOptions) -> Result<WriterHandle> {
-        let conn = connect(&self.path, self.read_only, &self.options)?;
-        if !self.read_only {
-            // The cap may have changed since the store was opened.
-            apply_max_file_bytes(&conn, self.control.max_file_bytes())?;
-        }
+        let conn = self.writer_connection()?;
         WriterHandle::start(
             conn,
             options,
@@ -526,6 +543,21 @@ impl ReplayStore {
             self.writer_running.clone(),
             self.control.clone(),
         )
+    }
+
+    /// The writer thread's connection: episodes follow [`StoreOptions::durability`].
+    fn writer_connection(&self) -> Result<Connection> {
+        let conn = connect(
+            &self.path,
+            self.read_only,
+            &self.options,
+            self.options.durability,
+        )?;
+        if !self.read_only {
+            // The cap may have changed since the store was opened.
+            apply_max_file_bytes(&conn, self.control.max_file_bytes())?;
+        }
+        Ok(conn)
     }
 
     /// Records a new run.
@@ -621,6 +653,11 @@ impl ReplayStore {
     /// Makes `version` the champion and demotes the previous champion to candidate, in one
     /// transaction, so there is never a moment with two champions or (after the first
     /// promotion) none. A rejected model cannot be promoted.
+    ///
+    /// Like every registry write, the change is on stable storage when this returns `Ok`
+    /// (`synchronous = FULL`, whatever [`StoreOptions::durability`] says), so the caller may
+    /// delete the old champion's files: a power loss cannot bring back a registry naming
+    /// them.
     pub fn promote(&self, version: i64) -> Result<()> {
         let tx = self.write_transaction()?;
         match model_status(&tx, version)? {
@@ -1306,5 +1343,39 @@ impl Snapshot<'_> {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The registry's connection is FULL (2) whatever the episode durability; the writer's
+    /// follows `StoreOptions::durability` (NORMAL = 1).
+    #[test]
+    fn registry_commits_are_durable_whatever_the_episode_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, writer_level) in [(Durability::Normal, 1), (Durability::Full, 2)] {
+            let store = ReplayStore::open(
+                dir.path().join(format!("{durability:?}.sqlite")),
+                StoreOptions {
+                    durability,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(synchronous(&store.conn), 2, "{durability:?}: registry");
+            let writer = store.writer_connection().unwrap();
+            assert_eq!(synchronous(&writer), writer_level, "{durability:?}: writer");
+            let mode: String = writer
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 }

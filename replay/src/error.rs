@@ -89,6 +89,15 @@ pub enum ReplayError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A model's `checkpoint_path` is not a plain relative path (see
+    /// [`crate::check_checkpoint_path`]): it could name a file outside the run directory.
+    #[error("checkpoint path {path:?} is not a plain relative path: {reason}")]
+    UnsafeCheckpointPath {
+        /// The offending path, as stored or given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A model status change that the registry does not allow.
     #[error("model {version}: {reason}")]
     ModelStatus {
@@ -102,6 +111,17 @@ pub enum ReplayError {
     WriterStopped {
         /// The error that stopped the writer (shared by every sender that hits it).
         cause: Option<Arc<ReplayError>>,
+    },
+    /// The writer thread stopped while it still held episodes that senders had been told were
+    /// accepted (see [`crate::EpisodeWriter::finish`]): a permanent error, or a transient one
+    /// that outlasted [`crate::WriterOptions::close_timeout`] while closing. They are not in
+    /// the file and never will be; `episodes` says how many.
+    #[error("{episodes} accepted episodes were not committed: {cause}")]
+    Unwritten {
+        /// Accepted episodes that were dropped.
+        episodes: u64,
+        /// The error that kept them from being committed.
+        cause: Arc<ReplayError>,
     },
     /// Only one writer thread may run per store, because the mirror follows one writer.
     #[error("a writer is already running for this store")]
@@ -128,7 +148,38 @@ impl ReplayError {
     pub fn root(&self) -> &ReplayError {
         match self {
             ReplayError::WriterStopped { cause: Some(c) } => c.root(),
+            ReplayError::Unwritten { cause, .. } => cause.root(),
             other => other,
+        }
+    }
+
+    /// Whether the failure may pass by itself, so that the same transaction is worth running
+    /// again: a lock held by another connection (`SQLITE_BUSY` / `SQLITE_LOCKED`), a full disk
+    /// or page limit (`SQLITE_FULL`), and I/O errors that a retry may not meet again
+    /// (`SQLITE_IOERR` other than a filesystem reporting corruption, `SQLITE_CANTOPEN` as
+    /// raised when the process is out of file descriptors, `SQLITE_PROTOCOL`).
+    ///
+    /// A damaged or read-only file, a constraint violation or a misuse is not transient:
+    /// running the same statements again cannot succeed.
+    pub fn is_transient(&self) -> bool {
+        self.stall_reason().is_some()
+    }
+
+    /// The kind of stall a transient error causes, `None` for a permanent one.
+    pub(crate) fn stall_reason(&self) -> Option<crate::writer::StallReason> {
+        use crate::writer::StallReason;
+        match self.root() {
+            ReplayError::Busy(_) => Some(StallReason::Busy),
+            ReplayError::DiskFull(_) => Some(StallReason::DiskFull),
+            ReplayError::Sqlite(rusqlite::Error::SqliteFailure(ffi, _)) => match ffi.code {
+                // SQLITE_IOERR_CORRUPTFS: the filesystem itself says the file is damaged.
+                ErrorCode::SystemIoFailure if ffi.extended_code == SQLITE_IOERR_CORRUPTFS => None,
+                ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::FileLockingProtocolFailed => Some(StallReason::Io),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -150,6 +201,9 @@ impl From<rusqlite::Error> for ReplayError {
         ReplayError::Sqlite(e)
     }
 }
+
+/// `SQLITE_IOERR | (33 << 8)`, not exported by every libsqlite3-sys version.
+const SQLITE_IOERR_CORRUPTFS: std::ffi::c_int = 10 | (33 << 8);
 
 /// Result alias of the replay crate.
 pub type Result<T, E = ReplayError> = std::result::Result<T, E>;

@@ -18,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::{ReplayError, Result};
 use crate::schema;
 use crate::store::{
-    MODEL_SELECT, Model, ModelStatus, Reflection, RunStats, StoreOptions, connect, corrupt,
-    model_from_row, read_run,
+    Durability, MODEL_SELECT, Model, ModelStatus, Reflection, RunStats, StoreOptions, connect,
+    corrupt, model_from_row, read_run,
 };
 use crate::types::{ActionRef, ActionSpace, Dtype, Run};
 
@@ -211,15 +211,17 @@ impl Inspector {
     ///
     /// Refuses a missing file ([`ReplayError::NoSuchFile`]), a file that is not SQLite
     /// ([`ReplayError::NotADatabase`]), an SQLite file of another application
-    /// ([`ReplayError::ForeignDatabase`]), a newer schema ([`ReplayError::TooNew`]) and a damaged
-    /// file ([`ReplayError::Damaged`], when the damage shows in the header or schema).
+    /// ([`ReplayError::ForeignDatabase`]), a newer schema ([`ReplayError::TooNew`]), a damaged
+    /// file ([`ReplayError::Damaged`], when the damage shows in the header or schema) and a run
+    /// whose declared shapes are unreadable or beyond the limits of [`crate::RunSpec::validate`]
+    /// ([`ReplayError::Corrupt`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Inspector> {
         let path = path.as_ref().to_path_buf();
         if !path.is_file() {
             return Err(ReplayError::NoSuchFile { path });
         }
         schema::check_magic(&path)?;
-        let conn = connect(&path, true, &StoreOptions::default())?;
+        let conn = connect(&path, true, &StoreOptions::default(), Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         if schema::classify(&header, &path)? {
             // An empty SQLite file (zero bytes) is not a replay store either.
@@ -228,11 +230,15 @@ impl Inspector {
                 reason: "the file is empty (no autodidact schema)".into(),
             });
         }
-        Ok(Inspector {
+        let inspector = Inspector {
             conn,
             path,
             version: header.version,
-        })
+        };
+        // Every answer is shaped by the runs' declared shapes (export headers, decoded rows):
+        // a run whose shape is absurd or unreadable refuses the file up front.
+        inspector.view()?.runs()?;
+        Ok(inspector)
     }
 
     /// Path of the database file.
@@ -644,7 +650,7 @@ impl View<'_> {
                 .ok_or_else(|| corrupt("episodes", id, "unknown run"))?;
             obs.clear();
             let blob = r.get_ref(4)?.as_blob()?;
-            if blob.len() != run.spec.obs_len() * run.spec.obs_dtype.size() {
+            if run.spec.obs_len().checked_mul(run.spec.obs_dtype.size()) != Some(blob.len()) {
                 return Err(corrupt("transitions", id, "observation blob length"));
             }
             run.spec
@@ -662,9 +668,12 @@ impl View<'_> {
                         .get_ref(6)?
                         .as_blob_or_null()?
                         .ok_or_else(|| corrupt("transitions", id, "missing action"))?;
+                    // Checked before decoding, so a long blob is never expanded.
+                    if dim.checked_mul(4) != Some(blob.len()) {
+                        return Err(corrupt("transitions", id, "action blob length"));
+                    }
                     Dtype::F32
                         .decode_into(blob, &mut act)
-                        .filter(|_| act.len() == dim)
                         .ok_or_else(|| corrupt("transitions", id, "action blob length"))?;
                     ActionRef::Continuous(&act)
                 }

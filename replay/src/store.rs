@@ -2,8 +2,9 @@
 //! metadata and read-only snapshots. All SQL of the crate lives here and in `writer.rs`, so a
 //! second backend only has to replace these two modules.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,19 +14,38 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use crate::error::{ReplayError, Result};
 use crate::mirror::{EpisodeIn, Mirror, MirrorOptions, Sampler};
 use crate::schema::{self, SCHEMA_VERSION};
-use crate::types::{Action, ActionSpace, Dtype, Run, RunSpec, now_secs};
-use crate::writer::{WriterHandle, WriterOptions};
+use crate::types::{
+    Action, ActionSpace, Dtype, MAX_OBS_RANK, MAX_SHAPE_JSON_BYTES, Run, RunSpec, now_secs,
+    obs_dims_problem,
+};
+use crate::writer::{Control, WriterHandle, WriterOptions, apply_max_file_bytes};
 
-/// How hard a commit tries to reach the disk.
+/// How hard an episode batch's commit tries to reach the disk (the writer thread's
+/// connection).
+///
+/// It applies to episodes only: the store's own connection, which writes runs, the model
+/// registry, reflections and metadata, always runs `synchronous = FULL`, so that a registry
+/// change (a promotion, say) is on disk when its call returns, whatever this says. A caller
+/// may then delete files that the old state named. SCHEMA.md has the full table of promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// `synchronous = NORMAL` in WAL mode: a committed batch survives a crash of the process
-    /// (including `kill -9`); the last batches may be lost on power failure or OS crash.
+    /// (including `kill -9`); the last batches may be lost on power failure or OS crash
+    /// (never half of one: the file rolls back to an earlier commit).
     #[default]
     Normal,
-    /// `synchronous = FULL`: every commit is fsynced; survives power failure, costs a sync per
-    /// batch.
+    /// `synchronous = FULL`: every batch is fsynced at commit; survives power failure, costs a
+    /// sync per batch.
     Full,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
 }
 
 /// Which whole episodes leave first when the store is over capacity.
@@ -55,7 +75,8 @@ pub struct Retention {
 /// Options of [`ReplayStore::open`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreOptions {
-    /// Commit durability.
+    /// Commit durability of episode batches (the registry is always durable at commit; see
+    /// [`Durability`]).
     pub durability: Durability,
     /// The in-memory sampling window.
     pub mirror: MirrorOptions,
@@ -64,9 +85,14 @@ pub struct StoreOptions {
     /// How long a connection waits for another one's lock before failing with
     /// [`ReplayError::Busy`].
     pub busy_timeout: Duration,
-    /// Hard limit on the file size in pages (`PRAGMA max_page_count`); reaching it fails like
-    /// a full disk. `None` = SQLite's default (effectively unlimited).
-    pub max_pages: Option<u64>,
+    /// Hard cap on the size of the database file in bytes (`PRAGMA max_page_count`, rounded
+    /// down to whole pages, on every connection of the store). Reaching it fails a write like
+    /// a full disk does ([`ReplayError::DiskFull`]): the writer thread keeps what it holds and
+    /// retries, a registry write returns the error. SQLite never lowers the cap below the
+    /// current size of the file, so a cap smaller than the file freezes it at its size. The
+    /// write-ahead log (`-wal`) is not counted. `None` = no cap but SQLite's own
+    /// (4294967294 pages). Change it at run time with [`ReplayStore::set_max_file_bytes`].
+    pub max_file_bytes: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -76,7 +102,7 @@ impl Default for StoreOptions {
             mirror: MirrorOptions::default(),
             retention: Retention::default(),
             busy_timeout: Duration::from_secs(5),
-            max_pages: None,
+            max_file_bytes: None,
         }
     }
 }
@@ -117,12 +143,47 @@ impl ModelStatus {
 pub struct NewModel {
     /// The version it was trained from.
     pub parent: Option<i64>,
-    /// Where the checkpoint lives.
+    /// Where the checkpoint lives: a plain relative path (see [`check_checkpoint_path`]).
     pub checkpoint_path: String,
     /// Checksum of the checkpoint file (e.g. hex SHA-256), to detect a swapped file.
     pub checksum: String,
     /// Evaluation metrics, free-form JSON.
     pub metrics: serde_json::Value,
+}
+
+/// Checks that `path` is a plain relative path: not empty, no NUL byte, and made only of
+/// ordinary names (no root `/`, no Windows prefix such as `C:`, no `..`, no `.`). Joined to
+/// a run directory, such a path names a file inside it (symbolic links aside), which is what
+/// makes deleting an old checkpoint safe.
+///
+/// [`ReplayStore::register_model`] refuses any other path. A file written elsewhere (or
+/// before this check existed) may still hold one, so a caller that acts on a stored path
+/// checks it with this function (or [`Model::checkpoint_relative_path`]) first. Returns the
+/// path as a [`Path`], or [`ReplayError::UnsafeCheckpointPath`].
+pub fn check_checkpoint_path(path: &str) -> Result<&Path> {
+    let refuse = |reason| {
+        Err(ReplayError::UnsafeCheckpointPath {
+            path: path.to_string(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return refuse("it is empty");
+    }
+    if path.contains('\0') {
+        return refuse("it contains a NUL byte");
+    }
+    let p = Path::new(path);
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => {}
+            Component::Prefix(_) => return refuse("it starts with a drive or UNC prefix"),
+            Component::RootDir => return refuse("it is absolute"),
+            Component::ParentDir => return refuse("it contains `..`"),
+            Component::CurDir => return refuse("it contains `.`"),
+        }
+    }
+    Ok(p)
 }
 
 /// A registered model version.
@@ -134,7 +195,9 @@ pub struct Model {
     pub parent: Option<i64>,
     /// Registration time, Unix seconds.
     pub created_at: f64,
-    /// Where the checkpoint lives.
+    /// Where the checkpoint lives, as stored: check it with
+    /// [`Model::checkpoint_relative_path`] before using it, since a file from elsewhere may
+    /// hold any text here.
     pub checkpoint_path: String,
     /// Checksum of the checkpoint.
     pub checksum: String,
@@ -142,6 +205,13 @@ pub struct Model {
     pub metrics: serde_json::Value,
     /// Current status.
     pub status: ModelStatus,
+}
+
+impl Model {
+    /// The checkpoint path, if it is a plain relative path; see [`check_checkpoint_path`].
+    pub fn checkpoint_relative_path(&self) -> Result<&Path> {
+        check_checkpoint_path(&self.checkpoint_path)
+    }
 }
 
 /// A reflection to record.
@@ -273,8 +343,14 @@ impl Summary {
     }
 }
 
-/// Opens a connection with the pragmas every connection of the store needs.
-pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Result<Connection> {
+/// Opens a connection with the pragmas every connection of the store needs; `sync` is its
+/// `PRAGMA synchronous` (irrelevant for a read-only connection, which never commits).
+pub(crate) fn connect(
+    path: &Path,
+    read_only: bool,
+    opts: &StoreOptions,
+    sync: Durability,
+) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -285,17 +361,14 @@ pub(crate) fn connect(path: &Path, read_only: bool, opts: &StoreOptions) -> Resu
     let conn = Connection::open_with_flags(path, flags).map_err(ReplayError::from)?;
     conn.busy_timeout(opts.busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(32);
-    let sync = match opts.durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
+    let sync = sync.pragma();
     conn.execute_batch(&format!(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync}; PRAGMA cache_size = -16384;"
     ))
     .map_err(ReplayError::from)
     .map_err(schema::not_a_db(path))?;
-    if let Some(pages) = opts.max_pages {
-        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    if opts.max_file_bytes.is_some() && !read_only {
+        apply_max_file_bytes(&conn, opts.max_file_bytes)?;
     }
     Ok(conn)
 }
@@ -312,6 +385,11 @@ pub struct ReplayStore {
     read_only: bool,
     mirror: Arc<RwLock<Mirror>>,
     writer_running: Arc<AtomicBool>,
+    /// Shared with the writer thread: the file-size cap and the bell that wakes it.
+    control: Arc<Control>,
+    /// The file-size cap the store's own connection has, to notice a change made through a
+    /// [`WriterHandle`].
+    applied_cap: Cell<Option<u64>>,
 }
 
 impl ReplayStore {
@@ -319,14 +397,22 @@ impl ReplayStore {
     /// the in-memory window from the newest episodes.
     ///
     /// Refuses a file that is not SQLite ([`ReplayError::NotADatabase`]), an SQLite file of
-    /// another application ([`ReplayError::ForeignDatabase`]) and a newer schema
-    /// ([`ReplayError::TooNew`]).
+    /// another application ([`ReplayError::ForeignDatabase`]), a newer schema
+    /// ([`ReplayError::TooNew`]) and a run whose declared shapes are unreadable or beyond the
+    /// limits of [`RunSpec::validate`] ([`ReplayError::Corrupt`]).
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<ReplayStore> {
         let path = path.as_ref().to_path_buf();
         schema::check_magic(&path)?;
-        let mut conn = connect(&path, false, &options)?;
+        // The store's own connection writes the registry: always FULL (see `Durability`).
+        let mut conn = connect(&path, false, &options, Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         let fresh = schema::classify(&header, &path)?;
+        if !fresh {
+            // A run with an absurd or unreadable shape is refused before anything is sized
+            // from it (the window rebuild, the caller's buffers) and before the file is
+            // touched (WAL switch, migration).
+            validate_runs(&conn)?;
+        }
         if fresh {
             // Only possible before the first table exists.
             conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
@@ -345,6 +431,8 @@ impl ReplayStore {
         let store = ReplayStore {
             conn,
             path,
+            control: Arc::new(Control::new(options.max_file_bytes)),
+            applied_cap: Cell::new(options.max_file_bytes),
             options,
             read_only: false,
             mirror: Arc::new(RwLock::new(mirror)),
@@ -367,7 +455,7 @@ impl ReplayStore {
             },
             ..StoreOptions::default()
         };
-        let conn = connect(&path, true, &options)?;
+        let conn = connect(&path, true, &options, Durability::Full)?;
         let header = schema::read_header(&conn, &path)?;
         schema::classify(&header, &path)?;
         if header.version < SCHEMA_VERSION {
@@ -376,14 +464,18 @@ impl ReplayStore {
                 expected: SCHEMA_VERSION,
             });
         }
-        Ok(ReplayStore {
+        let store = ReplayStore {
             conn,
             path,
             mirror: Arc::new(RwLock::new(Mirror::new(options.mirror))),
+            control: Arc::new(Control::new(None)),
+            applied_cap: Cell::new(None),
             options,
             read_only: true,
             writer_running: Arc::new(AtomicBool::new(false)),
-        })
+        };
+        validate_runs(&store.conn)?;
+        Ok(store)
     }
 
     /// Path of the database file.
@@ -391,9 +483,35 @@ impl ReplayStore {
         &self.path
     }
 
-    /// Options the store was opened with.
+    /// Options the store was opened with (a cap changed since by
+    /// [`ReplayStore::set_max_file_bytes`] is not reflected here; see
+    /// [`ReplayStore::max_file_bytes`]).
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// The cap on the file size in force now (see [`StoreOptions::max_file_bytes`]).
+    pub fn max_file_bytes(&self) -> Option<u64> {
+        self.control.max_file_bytes()
+    }
+
+    /// Changes the cap on the file size (see [`StoreOptions::max_file_bytes`]) for the store's
+    /// connection at once and for its writer thread before its next attempt; a writer stalled
+    /// on a full file is woken to try again. `None` removes the cap.
+    pub fn set_max_file_bytes(&self, bytes: Option<u64>) -> Result<()> {
+        self.control.set_max_file_bytes(bytes);
+        self.follow_cap()
+    }
+
+    /// Brings the store's own connection to the cap in force, which a [`WriterHandle`] may
+    /// have changed.
+    fn follow_cap(&self) -> Result<()> {
+        let want = self.control.max_file_bytes();
+        if !self.read_only && want != self.applied_cap.get() {
+            apply_max_file_bytes(&self.conn, want)?;
+            self.applied_cap.set(want);
+        }
+        Ok(())
     }
 
     /// Whether the store was opened read-only.
@@ -416,14 +534,30 @@ impl ReplayStore {
     /// Starts the writer thread (one per store). Episodes sent through its [`crate::Writer`]s
     /// are committed in batches and then appear in [`ReplayStore::sampler`].
     pub fn start_writer(&self, options: WriterOptions) -> Result<WriterHandle> {
-        let conn = connect(&self.path, self.read_only, &self.options)?;
+        let conn = self.writer_connection()?;
         WriterHandle::start(
             conn,
             options,
             self.options.retention,
             self.mirror.clone(),
             self.writer_running.clone(),
+            self.control.clone(),
         )
+    }
+
+    /// The writer thread's connection: episodes follow [`StoreOptions::durability`].
+    fn writer_connection(&self) -> Result<Connection> {
+        let conn = connect(
+            &self.path,
+            self.read_only,
+            &self.options,
+            self.options.durability,
+        )?;
+        if !self.read_only {
+            // The cap may have changed since the store was opened.
+            apply_max_file_bytes(&conn, self.control.max_file_bytes())?;
+        }
+        Ok(conn)
     }
 
     /// Records a new run.
@@ -459,8 +593,11 @@ impl ReplayStore {
         self.snapshot()?.run(id)
     }
 
-    /// Registers a model version as a candidate.
+    /// Registers a model version as a candidate. Its `checkpoint_path` must be a plain
+    /// relative path ([`check_checkpoint_path`]), relative to the directory the caller keeps
+    /// checkpoints in; anything else is refused with [`ReplayError::UnsafeCheckpointPath`].
     pub fn register_model(&self, model: &NewModel) -> Result<Model> {
+        check_checkpoint_path(&model.checkpoint_path)?;
         let created_at = now_secs();
         let tx = self.write_transaction()?;
         if let Some(parent) = model.parent {
@@ -506,6 +643,7 @@ impl ReplayStore {
     /// reads first would fail at once with `SQLITE_BUSY` (no waiting) whenever the writer
     /// thread committed between its read and its write, which a daemon does constantly.
     fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>> {
+        self.follow_cap()?;
         Ok(rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
@@ -515,6 +653,11 @@ impl ReplayStore {
     /// Makes `version` the champion and demotes the previous champion to candidate, in one
     /// transaction, so there is never a moment with two champions or (after the first
     /// promotion) none. A rejected model cannot be promoted.
+    ///
+    /// Like every registry write, the change is on stable storage when this returns `Ok`
+    /// (`synchronous = FULL`, whatever [`StoreOptions::durability`] says), so the caller may
+    /// delete the old champion's files: a power loss cannot bring back a registry naming
+    /// them.
     pub fn promote(&self, version: i64) -> Result<()> {
         let tx = self.write_transaction()?;
         match model_status(&tx, version)? {
@@ -593,6 +736,7 @@ impl ReplayStore {
 
     /// Records a reflection; returns its id.
     pub fn add_reflection(&self, r: &NewReflection) -> Result<i64> {
+        self.follow_cap()?;
         self.conn.execute(
             "INSERT INTO reflections (created_at, kind, model_version, data, sentence) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -611,6 +755,7 @@ impl ReplayStore {
     /// table); returns how many were deleted.
     pub fn trim_reflections(&self, keep: u64) -> Result<usize> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.follow_cap()?;
         Ok(self.conn.execute(
             "DELETE FROM reflections WHERE id <= (SELECT max(id) FROM reflections) - ?1",
             [keep],
@@ -648,6 +793,7 @@ impl ReplayStore {
 
     /// Sets a metadata value.
     pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.follow_cap()?;
         self.conn.execute(
             "INSERT INTO metadata (key, value) VALUES (?1, ?2) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -704,10 +850,7 @@ impl ReplayStore {
         // follows the shape of the newest episode (as the live mirror follows its first).
         let mut layouts: HashMap<i64, (Dtype, usize, usize)> = HashMap::new();
         for run in self.snapshot()?.runs()? {
-            let act_len = match run.spec.action_space {
-                ActionSpace::Discrete { .. } => 0,
-                ActionSpace::Continuous { dim } => dim,
-            };
+            let act_len = run.spec.action_space.act_len();
             layouts.insert(run.id, (run.spec.obs_dtype, run.spec.obs_len(), act_len));
         }
         let mut shape: Option<(usize, usize)> = None;
@@ -851,7 +994,9 @@ fn decode_obs(
     table: &'static str,
     id: i64,
 ) -> Result<()> {
-    if blob.len() != len * dtype.size() {
+    // `len` comes from a validated run (at most MAX_OBS_ELEMENTS), but the product is checked
+    // anyway: a mismatch must never be an overflow.
+    if len.checked_mul(dtype.size()) != Some(blob.len()) {
         return Err(corrupt(
             table,
             id,
@@ -868,40 +1013,119 @@ fn decode_obs(
         .ok_or_else(|| corrupt(table, id, "blob length"))
 }
 
-/// Reads and decodes one `runs` row (shared by snapshots and the inspector).
+/// Reads, decodes and validates one `runs` row (shared by snapshots and the inspector).
+///
+/// The row comes from a file that anyone may have written, so every column is checked before
+/// anything is sized from it: the shape columns are refused unread when longer than
+/// [`MAX_SHAPE_JSON_BYTES`], parsed as integers, and checked against the limits of
+/// [`RunSpec::validate`] with checked arithmetic. Anything wrong is [`ReplayError::Corrupt`].
 pub(crate) fn read_run(conn: &Connection, id: i64) -> Result<Run> {
+    // `octet_length` reads the size from the record header, so an oversized value is refused
+    // without being loaded.
+    let sql = format!(
+        "SELECT env_id, \
+           CASE WHEN octet_length(obs_dims) <= {MAX_SHAPE_JSON_BYTES} THEN obs_dims END, \
+           obs_dtype, \
+           CASE WHEN octet_length(action_space) <= {MAX_SHAPE_JSON_BYTES} \
+             THEN action_space END, \
+           config, code_version, started_at FROM runs WHERE id = ?1"
+    );
+    let bad = |what: &str| corrupt("runs", id, what);
+    let text = |r: &Row<'_>, i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+    };
     let row = conn
-        .query_row(
-            "SELECT env_id, obs_dims, obs_dtype, action_space, config, code_version, \
-                 started_at FROM runs WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, f64>(6)?,
-                ))
-            },
-        )
+        .query_row(&sql, [id], |r| {
+            Ok((
+                text(r, 0)?,
+                text(r, 1)?,
+                text(r, 2)?,
+                text(r, 3)?,
+                text(r, 4)?,
+                text(r, 5)?,
+                r.get::<_, Option<f64>>(6).ok().flatten(),
+            ))
+        })
         .optional()?
         .ok_or(ReplayError::NotFound { what: "run", id })?;
     let (env_id, dims, dtype, space, config, code_version, started_at) = row;
+    let env_id = env_id.ok_or_else(|| bad("env_id is not text"))?;
+    let dims = dims.ok_or_else(|| {
+        bad(&format!(
+            "obs_dims is not text of at most {MAX_SHAPE_JSON_BYTES} bytes"
+        ))
+    })?;
+    let space = space.ok_or_else(|| {
+        bad(&format!(
+            "action_space is not text of at most {MAX_SHAPE_JSON_BYTES} bytes"
+        ))
+    })?;
+    let obs_dims = parse_obs_dims(&dims).map_err(|e| bad(&format!("obs_dims {dims:?}: {e}")))?;
+    let action_space: ActionSpace =
+        serde_json::from_str(&space).map_err(|e| bad(&format!("action_space {space:?}: {e}")))?;
+    if let Some(problem) = action_space.problem() {
+        return Err(bad(&format!("action_space: {problem}")));
+    }
+    let config = config.ok_or_else(|| bad("config is not text"))?;
     Ok(Run {
         id,
         spec: RunSpec {
             env_id,
-            obs_dims: serde_json::from_str(&dims)?,
-            obs_dtype: Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?,
-            action_space: serde_json::from_str(&space)?,
-            config: serde_json::from_str(&config)?,
-            code_version,
+            obs_dims,
+            obs_dtype: dtype
+                .as_deref()
+                .and_then(Dtype::parse)
+                .ok_or_else(|| bad("obs_dtype"))?,
+            action_space,
+            config: serde_json::from_str(&config)
+                .map_err(|e| bad(&format!("config is not JSON: {e}")))?,
+            code_version: code_version.ok_or_else(|| bad("code_version is not text"))?,
         },
-        started_at,
+        started_at: started_at.ok_or_else(|| bad("started_at is not a number"))?,
     })
+}
+
+/// Reads every run of the file, refusing the first that does not decode or validate.
+fn validate_runs(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let ids = {
+        let mut stmt = tx.prepare("SELECT id FROM runs ORDER BY id")?;
+        stmt.query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for id in ids {
+        read_run(&tx, id)?;
+    }
+    Ok(())
+}
+
+/// Parses a stored observation shape: a JSON array of integers that passes
+/// [`RunSpec::validate`]'s limits. Negative values and values beyond `u64` are refused here,
+/// not wrapped.
+fn parse_obs_dims(text: &str) -> std::result::Result<Vec<usize>, String> {
+    let raw: Vec<serde_json::Number> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of numbers: {e}"))?;
+    if raw.len() > MAX_OBS_RANK {
+        return Err(format!(
+            "{} dimensions; at most {MAX_OBS_RANK} are allowed",
+            raw.len()
+        ));
+    }
+    let dims = raw
+        .iter()
+        .map(|n| {
+            n.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| format!("dimension {n} is not a non-negative integer"))
+        })
+        .collect::<std::result::Result<Vec<usize>, String>>()?;
+    match obs_dims_problem(&dims) {
+        Some(problem) => Err(problem),
+        None => Ok(dims),
+    }
 }
 
 pub(crate) const MODEL_SELECT: &str =
@@ -1011,26 +1235,33 @@ impl Snapshot<'_> {
 
     /// Episodes, oldest first, of one run or of all runs.
     pub fn episodes(&self, run_id: Option<i64>) -> Result<Vec<EpisodeRow>> {
+        let runs = self.run_layouts()?;
         let mut stmt = self.tx.prepare_cached(
-            "SELECT e.id, e.run_id, e.model_version, e.length, e.episode_return, e.terminated, \
-             e.truncated, e.started_at, e.ended_at, e.final_obs, e.payload_bytes, r.obs_dtype \
-             FROM episodes e JOIN runs r ON r.id = e.run_id \
-             WHERE (?1 IS NULL OR e.run_id = ?1) ORDER BY e.id",
+            "SELECT id, run_id, model_version, length, episode_return, terminated, truncated, \
+             started_at, ended_at, final_obs, payload_bytes \
+             FROM episodes WHERE (?1 IS NULL OR run_id = ?1) ORDER BY id",
         )?;
         let mut rows = stmt.query([run_id])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
-            let dtype: String = r.get(11)?;
-            let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", id, "obs_dtype"))?;
+            let run_id: i64 = r.get(1)?;
+            let run = runs
+                .get(&run_id)
+                .ok_or_else(|| corrupt("episodes", id, "unknown run"))?;
             let blob: &[u8] = r.get_ref(9)?.as_blob()?;
             let mut final_obs = Vec::new();
-            dtype
-                .decode_into(blob, &mut final_obs)
-                .ok_or_else(|| corrupt("episodes", id, "final_obs length"))?;
+            decode_obs(
+                run.spec.obs_dtype,
+                blob,
+                run.spec.obs_len(),
+                &mut final_obs,
+                "episodes",
+                id,
+            )?;
             out.push(EpisodeRow {
                 id,
-                run_id: r.get(1)?,
+                run_id,
                 model_version: r.get(2)?,
                 length: r.get(3)?,
                 episode_return: r.get(4)?,
@@ -1045,23 +1276,27 @@ impl Snapshot<'_> {
         Ok(out)
     }
 
+    /// Every run by id, validated.
+    fn run_layouts(&self) -> Result<HashMap<i64, Run>> {
+        Ok(self.runs()?.into_iter().map(|r| (r.id, r)).collect())
+    }
+
     /// The transitions of one episode in step order, observations decoded to f32.
     pub fn transitions(&self, episode_id: i64) -> Result<Vec<TransitionRow>> {
-        let (dtype, space): (String, String) = self
+        let run_id: i64 = self
             .tx
             .query_row(
-                "SELECT r.obs_dtype, r.action_space FROM episodes e JOIN runs r \
-                 ON r.id = e.run_id WHERE e.id = ?1",
+                "SELECT run_id FROM episodes WHERE id = ?1",
                 [episode_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .optional()?
             .ok_or(ReplayError::NotFound {
                 what: "episode",
                 id: episode_id,
             })?;
-        let dtype = Dtype::parse(&dtype).ok_or_else(|| corrupt("runs", episode_id, "dtype"))?;
-        let space: ActionSpace = serde_json::from_str(&space)?;
+        let run = self.run(run_id)?;
+        let (dtype, obs_len) = (run.spec.obs_dtype, run.spec.obs_len());
         let mut stmt = self.tx.prepare_cached(
             "SELECT id, step, obs, action_int, action_vec, reward, terminated, truncated, \
              behaviour, priority FROM transitions WHERE episode_id = ?1 ORDER BY step",
@@ -1071,21 +1306,26 @@ impl Snapshot<'_> {
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             let mut obs = Vec::new();
-            dtype
-                .decode_into(r.get_ref(2)?.as_blob()?, &mut obs)
-                .ok_or_else(|| corrupt("transitions", id, "obs length"))?;
-            let action = match space {
+            decode_obs(
+                dtype,
+                r.get_ref(2)?.as_blob()?,
+                obs_len,
+                &mut obs,
+                "transitions",
+                id,
+            )?;
+            let action = match run.spec.action_space {
                 ActionSpace::Discrete { .. } => Action::Discrete(
                     r.get::<_, Option<i64>>(3)?
                         .ok_or_else(|| corrupt("transitions", id, "missing action"))?,
                 ),
-                ActionSpace::Continuous { .. } => {
-                    let blob: Option<Vec<u8>> = r.get(4)?;
-                    let blob = blob.ok_or_else(|| corrupt("transitions", id, "missing action"))?;
+                ActionSpace::Continuous { dim } => {
+                    let blob = r
+                        .get_ref(4)?
+                        .as_blob_or_null()?
+                        .ok_or_else(|| corrupt("transitions", id, "missing action"))?;
                     let mut v = Vec::new();
-                    Dtype::F32
-                        .decode_into(&blob, &mut v)
-                        .ok_or_else(|| corrupt("transitions", id, "action length"))?;
+                    decode_obs(Dtype::F32, blob, dim, &mut v, "transitions", id)?;
                     Action::Continuous(v)
                 }
             };
@@ -1103,5 +1343,39 @@ impl Snapshot<'_> {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The registry's connection is FULL (2) whatever the episode durability; the writer's
+    /// follows `StoreOptions::durability` (NORMAL = 1).
+    #[test]
+    fn registry_commits_are_durable_whatever_the_episode_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, writer_level) in [(Durability::Normal, 1), (Durability::Full, 2)] {
+            let store = ReplayStore::open(
+                dir.path().join(format!("{durability:?}.sqlite")),
+                StoreOptions {
+                    durability,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(synchronous(&store.conn), 2, "{durability:?}: registry");
+            let writer = store.writer_connection().unwrap();
+            assert_eq!(synchronous(&writer), writer_level, "{durability:?}: writer");
+            let mode: String = writer
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 }

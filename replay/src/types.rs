@@ -157,12 +157,29 @@ pub enum EpisodeEnd {
     Truncated,
 }
 
+/// Most values one observation may hold: 1,048,576 (4 MiB as f32), the product of
+/// [`RunSpec::obs_dims`]. A run that declares more is refused when it is created and when a
+/// file is read, so that a crafted file cannot make a reader size buffers or headers from
+/// absurd dimensions.
+pub const MAX_OBS_ELEMENTS: usize = 1 << 20;
+
+/// Most dimensions an observation shape may have (8; images with frame stacks use 3 or 4).
+pub const MAX_OBS_RANK: usize = 8;
+
+/// Largest continuous action vector a run may declare: 65,536 values.
+pub const MAX_ACTION_DIM: usize = 1 << 16;
+
+/// Longest JSON text accepted in `runs.obs_dims` and `runs.action_space` when a file is read
+/// (4,096 bytes); what this crate writes is a few dozen bytes.
+pub const MAX_SHAPE_JSON_BYTES: usize = 4096;
+
 /// What a run declares up front; every episode of the run is checked against it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Environment ID, e.g. `CartPole-v1`.
     pub env_id: String,
-    /// Observation shape; the stored blob has `product(obs_dims)` elements.
+    /// Observation shape; the stored blob has `product(obs_dims)` elements. At most
+    /// [`MAX_OBS_RANK`] dimensions, each at least 1, at most [`MAX_OBS_ELEMENTS`] in all.
     pub obs_dims: Vec<usize>,
     /// Element type of stored observations.
     pub obs_dtype: Dtype,
@@ -175,26 +192,75 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// Number of floats in one observation.
+    /// Number of floats in one observation. For a spec that [`RunSpec::validate`] accepts
+    /// (every run the store creates or reads) this is at most [`MAX_OBS_ELEMENTS`]; for an
+    /// invalid one it saturates at `usize::MAX` instead of overflowing.
     pub fn obs_len(&self) -> usize {
-        self.obs_dims.iter().product()
+        self.obs_dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.obs_dims.is_empty() || self.obs_len() == 0 {
-            return Err(ReplayError::InvalidArgument(format!(
-                "observation dims {:?} must be non-empty with no zero",
-                self.obs_dims
-            )));
+    /// Checks the shapes against the documented limits: 1 to [`MAX_OBS_RANK`] observation
+    /// dimensions, none zero, at most [`MAX_OBS_ELEMENTS`] values in all (checked
+    /// arithmetic); a discrete space with `n >= 1`, a continuous one with
+    /// `1 <= dim <= MAX_ACTION_DIM`. [`crate::ReplayStore::create_run`] refuses an invalid
+    /// spec with [`ReplayError::InvalidArgument`]; reading one from a file gives
+    /// [`ReplayError::Corrupt`].
+    pub fn validate(&self) -> Result<()> {
+        if let Some(problem) = obs_dims_problem(&self.obs_dims) {
+            return Err(ReplayError::InvalidArgument(problem));
         }
-        match self.action_space {
-            ActionSpace::Discrete { n } if n <= 0 => Err(ReplayError::InvalidArgument(format!(
-                "discrete action space needs n > 0, got {n}"
-            ))),
-            ActionSpace::Continuous { dim: 0 } => Err(ReplayError::InvalidArgument(
-                "continuous action space needs dim > 0".into(),
+        if let Some(problem) = self.action_space.problem() {
+            return Err(ReplayError::InvalidArgument(problem));
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with an observation shape, if anything.
+pub(crate) fn obs_dims_problem(dims: &[usize]) -> Option<String> {
+    if dims.is_empty() || dims.len() > MAX_OBS_RANK {
+        return Some(format!(
+            "observation shape has {} dimensions; 1 to {MAX_OBS_RANK} are allowed",
+            dims.len()
+        ));
+    }
+    if dims.contains(&0) {
+        return Some(format!("observation shape {dims:?} has a zero dimension"));
+    }
+    let total = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_OBS_ELEMENTS);
+    if total.is_none() {
+        return Some(format!(
+            "observation shape {dims:?} holds more than {MAX_OBS_ELEMENTS} values"
+        ));
+    }
+    None
+}
+
+impl ActionSpace {
+    /// What is wrong with the space, if anything.
+    pub(crate) fn problem(&self) -> Option<String> {
+        match *self {
+            ActionSpace::Discrete { n } if n <= 0 => {
+                Some(format!("discrete action space needs n > 0, got {n}"))
+            }
+            ActionSpace::Continuous { dim } if dim == 0 || dim > MAX_ACTION_DIM => Some(format!(
+                "continuous action space needs 1 <= dim <= {MAX_ACTION_DIM}, got {dim}"
             )),
-            _ => Ok(()),
+            _ => None,
+        }
+    }
+
+    /// Values per stored action: 0 for discrete (an integer column), `dim` for continuous.
+    pub(crate) fn act_len(&self) -> usize {
+        match *self {
+            ActionSpace::Discrete { .. } => 0,
+            ActionSpace::Continuous { dim } => dim,
         }
     }
 }

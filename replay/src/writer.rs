@@ -5,11 +5,16 @@
 //! the mirror see it whole or not at all. The thread batches many episodes per transaction,
 //! which is what makes SQLite fast here; the bounded channel pushes back on actors when the
 //! disk cannot keep up, instead of buffering without limit.
+//!
+//! A transient failure (a lock held by another process, a full disk, an I/O error that may
+//! pass) does not stop the thread: it rolls the batch back and runs the whole transaction
+//! again, with exponential backoff, until it commits. Only then does the mirror see the
+//! batch, so every accepted episode reaches the file and the sampler exactly once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +24,10 @@ use crate::error::{ReplayError, Result};
 use crate::mirror::{EpisodeIn, Mirror};
 use crate::store::{EvictionPolicy, Retention};
 use crate::types::{ActionRef, Dtype, EpisodeEnd, Run, now_secs};
+
+/// First pause after a failed attempt; it doubles after each further failure, up to
+/// [`WriterOptions::max_retry_backoff`].
+pub const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Tuning of the writer thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +41,15 @@ pub struct WriterOptions {
     /// Write priorities changed by the learner back to the file with each batch, so that a
     /// restart resumes with them.
     pub persist_priorities: bool,
+    /// Longest pause between two attempts at a batch that failed transiently (the pause starts
+    /// at [`FIRST_RETRY_BACKOFF`] and doubles). A `SQLITE_BUSY` attempt also waits up to
+    /// [`crate::StoreOptions::busy_timeout`] before it fails.
+    pub max_retry_backoff: Duration,
+    /// How long [`WriterHandle::close`] (or dropping the handle) keeps retrying a batch that
+    /// fails transiently before it gives up and reports the accepted episodes it could not
+    /// commit ([`ReplayError::Unwritten`]). Without a bound, a full disk would make shutdown
+    /// hang forever.
+    pub close_timeout: Duration,
 }
 
 impl Default for WriterOptions {
@@ -41,6 +59,8 @@ impl Default for WriterOptions {
             max_batch_transitions: 8192,
             max_batch_latency: Duration::from_millis(50),
             persist_priorities: true,
+            max_retry_backoff: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -56,6 +76,137 @@ pub struct WriterStats {
     pub batches: u64,
     /// Episodes deleted by retention.
     pub evicted_episodes: u64,
+}
+
+/// Why the writer is not committing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallReason {
+    /// Another connection holds a lock longer than the busy timeout (`SQLITE_BUSY`/`LOCKED`).
+    Busy,
+    /// The disk is full, or the file reached [`crate::StoreOptions::max_file_bytes`]
+    /// (`SQLITE_FULL`).
+    DiskFull,
+    /// An I/O error that may pass (`SQLITE_IOERR`, `SQLITE_CANTOPEN`, `SQLITE_PROTOCOL`).
+    Io,
+}
+
+impl StallReason {
+    /// A short name for logs and metrics labels: `busy`, `disk_full` or `io`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallReason::Busy => "busy",
+            StallReason::DiskFull => "disk_full",
+            StallReason::Io => "io",
+        }
+    }
+}
+
+/// A stall in progress: the last attempt at a batch failed and the writer is waiting to try
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stall {
+    /// What the last attempt failed on.
+    pub reason: StallReason,
+    /// When the first failed attempt of this stall happened, Unix seconds.
+    pub since: f64,
+    /// Failed attempts at the current batch so far.
+    pub attempts: u64,
+}
+
+/// How the writer is doing, for a status page or metrics. Reading it takes one short lock
+/// and a few atomic loads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WriterHealth {
+    /// Failed attempts retried since the writer started, over all stalls.
+    pub retries: u64,
+    /// `Some` while the writer is stalled (the last attempt failed, another is coming).
+    pub stall: Option<Stall>,
+    /// Text of the last failure, kept after the stall ends.
+    pub last_error: Option<String>,
+    /// Episodes accepted by [`EpisodeWriter::finish`] and not yet committed (in the channel or
+    /// in the batch being written). At most [`WriterOptions::channel_capacity`] plus one
+    /// batch.
+    pub queued_episodes: u64,
+    /// When the last batch was committed, Unix seconds (`None` before the first).
+    pub last_commit_at: Option<f64>,
+    /// Accepted episodes that were dropped because the writer stopped (see
+    /// [`ReplayError::Unwritten`]); 0 unless `stopped`.
+    pub lost_episodes: u64,
+    /// The writer thread has ended (closed, or stopped by a permanent error: see
+    /// [`Writer::failure`]).
+    pub stopped: bool,
+}
+
+/// State shared by a store and its writer thread: the file-size cap, which every connection
+/// follows, and the bell that wakes a writer waiting to retry.
+#[derive(Debug)]
+pub(crate) struct Control {
+    /// [`crate::StoreOptions::max_file_bytes`] as changed at run time; `u64::MAX` = none.
+    max_file_bytes: AtomicU64,
+    bell: Mutex<u64>,
+    rung: Condvar,
+}
+
+impl Control {
+    pub(crate) fn new(max_file_bytes: Option<u64>) -> Control {
+        Control {
+            max_file_bytes: AtomicU64::new(max_file_bytes.unwrap_or(u64::MAX)),
+            bell: Mutex::new(0),
+            rung: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn max_file_bytes(&self) -> Option<u64> {
+        match self.max_file_bytes.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            b => Some(b),
+        }
+    }
+
+    pub(crate) fn set_max_file_bytes(&self, bytes: Option<u64>) {
+        self.max_file_bytes
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Wakes a writer waiting to retry, so a change (more room, a shutdown) is tried at once.
+    pub(crate) fn ring(&self) {
+        *self.bell.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.rung.notify_all();
+    }
+
+    /// The bell's count; take it before an attempt and pass it to [`Control::nap`], so a ring
+    /// during the attempt is not missed.
+    fn rings(&self) -> u64 {
+        *self.bell.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps for `d`, or less if the bell rang since `seen`.
+    fn nap(&self, d: Duration, seen: u64) {
+        let guard = self.bell.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .rung
+            .wait_timeout_while(guard, d, |n| *n == seen)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Sets `PRAGMA max_page_count` from a byte cap (`None` = SQLite's maximum). SQLite never
+/// sets it below the current size of the file, so a cap smaller than the file freezes it at
+/// its current size.
+pub(crate) fn apply_max_file_bytes(conn: &Connection, bytes: Option<u64>) -> Result<()> {
+    // SQLite's largest page number (SQLITE_MAX_PAGE_COUNT).
+    const MAX_PAGES: u64 = 0xffff_fffe;
+    let pages = match bytes {
+        None => MAX_PAGES,
+        Some(b) => {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let page_size = u64::try_from(page_size).unwrap_or(4096).max(1);
+            (b / page_size).clamp(1, MAX_PAGES)
+        }
+    };
+    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    Ok(())
 }
 
 /// One finished episode on its way to the writer thread.
@@ -98,20 +249,65 @@ enum Msg {
 }
 
 #[derive(Debug, Default)]
+struct HealthState {
+    stall: Option<Stall>,
+    last_error: Option<String>,
+    last_commit_at: Option<f64>,
+}
+
+#[derive(Debug)]
 struct Shared {
     failure: Mutex<Option<Arc<ReplayError>>>,
     episodes: AtomicU64,
     transitions: AtomicU64,
     batches: AtomicU64,
     evicted: AtomicU64,
+    /// No message is accepted any more (close was asked, or the thread stopped).
+    closed: AtomicBool,
+    /// Senders between their check of `closed` and the end of their send; the thread's last
+    /// drain waits for this to reach 0, so an accepted message is never left in the channel.
+    inflight: AtomicU64,
+    /// Episodes accepted by a send, and episodes committed or dropped since: their difference
+    /// is the queue. Two counters rather than one gauge, because the thread may commit an
+    /// episode before its sender has counted it.
+    accepted: AtomicU64,
+    settled: AtomicU64,
+    lost: AtomicU64,
+    retries: AtomicU64,
+    finished: AtomicBool,
+    health: Mutex<HealthState>,
+    control: Arc<Control>,
 }
 
 impl Shared {
+    fn new(control: Arc<Control>) -> Shared {
+        Shared {
+            failure: Mutex::new(None),
+            episodes: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            inflight: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            health: Mutex::new(HealthState::default()),
+            control,
+        }
+    }
+
     fn failure(&self) -> Option<Arc<ReplayError>> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn health_state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn stats(&self) -> WriterStats {
@@ -120,6 +316,22 @@ impl Shared {
             transitions: self.transitions.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             evicted_episodes: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    fn health(&self) -> WriterHealth {
+        let h = self.health_state();
+        WriterHealth {
+            retries: self.retries.load(Ordering::Relaxed),
+            stall: h.stall,
+            last_error: h.last_error.clone(),
+            queued_episodes: self
+                .accepted
+                .load(Ordering::SeqCst)
+                .saturating_sub(self.settled.load(Ordering::SeqCst)),
+            last_commit_at: h.last_commit_at,
+            lost_episodes: self.lost.load(Ordering::SeqCst),
+            stopped: self.finished.load(Ordering::SeqCst),
         }
     }
 }
@@ -148,19 +360,32 @@ impl Writer {
         }
     }
 
+    /// Hands a message to the thread. `Ok` means the thread will see it: the `inflight` count
+    /// makes the thread's last drain wait for a send that passed the `closed` check.
     fn send(&self, msg: Msg) -> Result<()> {
-        if self.shared.failure().is_some() {
-            return Err(self.stopped());
-        }
-        self.tx.send(msg).map_err(|_| self.stopped())
+        let sh = &self.shared;
+        let episode = matches!(msg, Msg::Episode(_));
+        sh.inflight.fetch_add(1, Ordering::SeqCst);
+        let result = if sh.closed.load(Ordering::SeqCst) {
+            Err(self.stopped())
+        } else {
+            match self.tx.send(msg) {
+                Ok(()) => {
+                    if episode {
+                        sh.accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
+                }
+                Err(_) => Err(self.stopped()),
+            }
+        };
+        sh.inflight.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     /// Starts buffering an episode of `run`, acted by `model_version`.
     pub fn begin_episode(&self, run: &Run, model_version: Option<i64>) -> EpisodeWriter {
-        let act_len = match run.spec.action_space {
-            crate::ActionSpace::Discrete { .. } => 0,
-            crate::ActionSpace::Continuous { dim } => dim,
-        };
+        let act_len = run.spec.action_space.act_len();
         EpisodeWriter {
             writer: self.clone(),
             data: Box::new(EpisodeData {
@@ -184,6 +409,9 @@ impl Writer {
 
     /// Blocks until everything this handle sent before the call is committed (and visible to
     /// samplers), or returns the error that stopped the writer.
+    ///
+    /// While the writer is stalled (see [`WriterHealth::stall`]) this waits through the
+    /// retries; a caller that must not wait that long checks [`Writer::health`] first.
     pub fn flush(&self) -> Result<()> {
         let (tx, rx) = sync_channel(1);
         self.send(Msg::Flush(tx))?;
@@ -195,7 +423,13 @@ impl Writer {
         self.shared.stats()
     }
 
-    /// The error that stopped the writer thread, if it has failed.
+    /// How the writer is doing: retries, a stall in progress, episodes waiting.
+    pub fn health(&self) -> WriterHealth {
+        self.shared.health()
+    }
+
+    /// The error that stopped the writer thread, if one did: a permanent one, or a transient
+    /// one that outlasted [`WriterOptions::close_timeout`] while closing.
     pub fn failure(&self) -> Option<Arc<ReplayError>> {
         self.shared.failure()
     }
@@ -258,9 +492,22 @@ impl EpisodeWriter {
         self.data.len() == 0
     }
 
-    /// Ends the episode with the observation after its last step and sends it to the writer
-    /// thread. Blocks while the channel is full. `Ok` means queued, not committed: use
-    /// [`Writer::flush`] for the latter.
+    /// Ends the episode with the observation after its last step and hands it to the writer
+    /// thread.
+    ///
+    /// `Ok` means *accepted*: the episode is in the writer's bounded queue and will be
+    /// committed exactly once, however many transient failures (a lock held elsewhere, a full
+    /// disk) come first; while they last, the writer keeps it and retries. It is lost only if
+    /// the process dies first (like anything not yet committed), if a permanent error stops
+    /// the writer, or if [`WriterHandle::close`] gives up after
+    /// [`WriterOptions::close_timeout`]; the last two are reported, never silent
+    /// ([`WriterHealth::lost_episodes`], [`ReplayError::Unwritten`]). `Ok` does not mean
+    /// committed: [`Writer::flush`] waits for that.
+    ///
+    /// Blocks while the queue is full ([`WriterOptions::channel_capacity`] episodes), which is
+    /// what happens during a stall: senders wait instead of memory growing. Fails with
+    /// [`ReplayError::WriterStopped`] (the episode not accepted) once the writer is closed or
+    /// stopped.
     pub fn finish(self, final_obs: &[f32], end: EpisodeEnd) -> Result<()> {
         let EpisodeWriter { writer, mut data } = self;
         if data.len() == 0 {
@@ -307,6 +554,7 @@ impl WriterHandle {
         retention: Retention,
         mirror: Arc<RwLock<Mirror>>,
         running: Arc<AtomicBool>,
+        control: Arc<Control>,
     ) -> Result<WriterHandle> {
         if options.channel_capacity == 0 || options.max_batch_transitions == 0 {
             return Err(ReplayError::InvalidArgument(
@@ -326,7 +574,8 @@ impl WriterHandle {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let shared = Arc::new(Shared::default());
+        let applied_cap = control.max_file_bytes();
+        let shared = Arc::new(Shared::new(control));
         let (tx, rx) = sync_channel(options.channel_capacity);
         let mut state = WriterState {
             options,
@@ -337,6 +586,9 @@ impl WriterHandle {
             kept_bytes,
             obs_scratch: Vec::new(),
             act_scratch: Vec::new(),
+            dirty: HashMap::new(),
+            applied_cap,
+            close_deadline: None,
         };
         let mut conn = conn;
         let thread = std::thread::Builder::new()
@@ -366,11 +618,34 @@ impl WriterHandle {
         self.writer.stats()
     }
 
-    /// Commits everything queued, stops the thread and returns its counters, or the error that
-    /// stopped it earlier.
+    /// See [`Writer::health`].
+    pub fn health(&self) -> WriterHealth {
+        self.writer.health()
+    }
+
+    /// Changes the cap on the file size at run time (see
+    /// [`crate::StoreOptions::max_file_bytes`]); the same as
+    /// [`crate::ReplayStore::set_max_file_bytes`]. A writer stalled on the cap tries again at
+    /// once.
+    pub fn set_max_file_bytes(&self, bytes: Option<u64>) {
+        self.writer.shared.control.set_max_file_bytes(bytes);
+    }
+
+    /// Commits everything accepted, stops the thread and returns its counters.
+    ///
+    /// A batch that fails transiently is retried for at most
+    /// [`WriterOptions::close_timeout`]; after that, or after a permanent error, the episodes
+    /// still held are dropped and reported as [`ReplayError::Unwritten`]. A writer stopped
+    /// earlier by a permanent error with nothing left over gives
+    /// [`ReplayError::WriterStopped`].
     pub fn close(mut self) -> Result<WriterStats> {
         self.join()?;
+        let lost = self.writer.shared.lost.load(Ordering::SeqCst);
         match self.writer.shared.failure() {
+            Some(cause) if lost > 0 => Err(ReplayError::Unwritten {
+                episodes: lost,
+                cause,
+            }),
             Some(cause) => Err(ReplayError::WriterStopped { cause: Some(cause) }),
             None => Ok(self.writer.stats()),
         }
@@ -378,8 +653,12 @@ impl WriterHandle {
 
     fn join(&mut self) -> Result<()> {
         if let Some(thread) = self.thread.take() {
-            // A send error means the thread has already stopped, which is what we want.
-            let _ = self.writer.tx.send(Msg::Shutdown);
+            let sh = &self.writer.shared;
+            sh.closed.store(true, Ordering::SeqCst);
+            sh.control.ring();
+            // Wakes a thread waiting for its first message; if the channel is full the thread
+            // is not waiting, and if it is gone there is nothing to wake.
+            let _ = self.writer.tx.try_send(Msg::Shutdown);
             thread
                 .join()
                 .map_err(|_| ReplayError::WriterStopped { cause: None })?;
@@ -415,6 +694,13 @@ struct WriterState {
     kept_bytes: i64,
     obs_scratch: Vec<u8>,
     act_scratch: Vec<u8>,
+    /// Priorities taken from the mirror and not yet committed; a map, so a long stall keeps
+    /// one entry per transition instead of one per update.
+    dirty: HashMap<i64, f32>,
+    /// The file-size cap this connection has, to notice a change.
+    applied_cap: Option<u64>,
+    /// Set when a closing writer first fails; `Some(None)` = no deadline.
+    close_deadline: Option<Option<Instant>>,
 }
 
 const INSERT_EPISODE: &str = "INSERT INTO episodes (run_id, model_version, length, \
@@ -435,92 +721,270 @@ const UPSERT_STATS: &str = "INSERT INTO run_stats (run_id, episodes_total, trans
      bytes_kept = bytes_kept + excluded.bytes_kept, \
      return_sum_kept = return_sum_kept + excluded.return_sum_kept";
 
+/// What the thread does after a round.
+enum Next {
+    Continue,
+    Exit,
+}
+
 impl WriterState {
+    fn closing(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
     fn run(&mut self, conn: &mut Connection, rx: Receiver<Msg>) {
         let mut batch: Vec<Box<EpisodeData>> = Vec::new();
         let mut flushes: Vec<SyncSender<Result<()>>> = Vec::new();
         loop {
-            let Ok(first) = rx.recv() else {
-                // Every sender is gone and the queue is empty: nothing left to commit.
-                return;
-            };
-            let deadline = Instant::now() + self.options.max_batch_latency;
-            let mut next = Some(first);
-            let mut transitions = 0;
-            let mut stop = false;
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Episode(e) => {
-                        transitions += e.len();
-                        batch.push(e);
-                    }
-                    Msg::Flush(reply) => flushes.push(reply),
-                    Msg::Shutdown => stop = true,
-                }
-                if stop || !flushes.is_empty() || transitions >= self.options.max_batch_transitions
-                {
-                    break;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                match rx.recv_timeout(deadline - now) {
-                    Ok(m) => next = Some(m),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => stop = true,
-                }
-            }
-            let result = self.commit(conn, &batch);
-            batch.clear();
-            match result {
-                Ok(()) => {
-                    for reply in flushes.drain(..) {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "replay writer stopped");
-                    let cause = Arc::new(e);
-                    *self
-                        .shared
-                        .failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
-                    for reply in flushes.drain(..) {
-                        let _ = reply.send(Err(ReplayError::WriterStopped {
-                            cause: Some(cause.clone()),
-                        }));
-                    }
-                    // Returning drops the receiver: queued episodes are discarded and every
-                    // later send fails with the stored cause.
-                    return;
-                }
-            }
-            if stop {
-                return;
+            if let Next::Exit = self.round(conn, &rx, &mut batch, &mut flushes) {
+                break;
             }
         }
+        self.shared.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Gathers one batch, commits it (retrying transient failures) and answers its flushes.
+    // Episodes stay in the boxes they travelled in: moving the box is one pointer.
+    #[allow(clippy::vec_box)]
+    fn round(
+        &mut self,
+        conn: &mut Connection,
+        rx: &Receiver<Msg>,
+        batch: &mut Vec<Box<EpisodeData>>,
+        flushes: &mut Vec<SyncSender<Result<()>>>,
+    ) -> Next {
+        let first = if self.closing() {
+            match self.drain_one(rx) {
+                Some(m) => m,
+                None => return Next::Exit,
+            }
+        } else {
+            match rx.recv() {
+                Ok(m) => m,
+                // Every sender is gone and the queue is empty: nothing left to commit.
+                Err(_) => return Next::Exit,
+            }
+        };
+        let deadline = Instant::now().checked_add(self.options.max_batch_latency);
+        let mut next = Some(first);
+        let mut transitions = 0;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Episode(e) => {
+                    transitions += e.len();
+                    batch.push(e);
+                }
+                Msg::Flush(reply) => flushes.push(reply),
+                // `closed` is already set; what is left in the channel is drained below.
+                Msg::Shutdown => {}
+            }
+            if !flushes.is_empty() || transitions >= self.options.max_batch_transitions {
+                break;
+            }
+            if self.closing() {
+                next = self.drain_one(rx);
+                continue;
+            }
+            let now = Instant::now();
+            let wait = match deadline {
+                Some(d) if now >= d => break,
+                Some(d) => d - now,
+                None => Duration::MAX,
+            };
+            match rx.recv_timeout(wait) {
+                Ok(m) => next = Some(m),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.shared.closed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        match self.commit_with_retry(conn, batch) {
+            Ok(()) => {
+                self.shared
+                    .settled
+                    .fetch_add(batch.len() as u64, Ordering::SeqCst);
+                batch.clear();
+                for reply in flushes.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+                Next::Continue
+            }
+            Err(e) => {
+                self.stop(e, rx, batch, flushes);
+                Next::Exit
+            }
+        }
+    }
+
+    /// The next message of a closing writer, or `None` once the channel is empty and no
+    /// sender is still in the middle of a send (so nothing accepted can arrive later).
+    fn drain_one(&self, rx: &Receiver<Msg>) -> Option<Msg> {
+        loop {
+            match rx.try_recv() {
+                Ok(m) => return Some(m),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            if self.shared.inflight.load(Ordering::SeqCst) == 0 {
+                // A send that finished before the count fell to 0 is in the channel now; a
+                // later one saw `closed` and was refused.
+                return rx.try_recv().ok();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Ends the thread after `cause`: refuses new messages, drops and counts every accepted
+    /// episode it still holds, and answers every flush with the error.
+    #[allow(clippy::vec_box)]
+    fn stop(
+        &mut self,
+        cause: ReplayError,
+        rx: &Receiver<Msg>,
+        batch: &mut Vec<Box<EpisodeData>>,
+        flushes: &mut Vec<SyncSender<Result<()>>>,
+    ) {
+        let cause = Arc::new(cause);
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(cause.clone());
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let mut lost = batch.len() as u64;
+        batch.clear();
+        while let Some(msg) = self.drain_one(rx) {
+            match msg {
+                Msg::Episode(_) => lost += 1,
+                Msg::Flush(reply) => flushes.push(reply),
+                Msg::Shutdown => {}
+            }
+        }
+        self.shared.lost.fetch_add(lost, Ordering::SeqCst);
+        self.shared.settled.fetch_add(lost, Ordering::SeqCst);
+        tracing::error!(error = %cause, lost_episodes = lost, "replay writer stopped");
+        for reply in flushes.drain(..) {
+            let _ = reply.send(Err(ReplayError::WriterStopped {
+                cause: Some(cause.clone()),
+            }));
+        }
+    }
+
+    /// Commits `batch`, running the whole transaction again after each transient failure
+    /// (with backoff) until it succeeds. Returns the error that ends the writer: a permanent
+    /// one, or a transient one still there when a closing writer's deadline passes.
+    fn commit_with_retry(
+        &mut self,
+        conn: &mut Connection,
+        batch: &[Box<EpisodeData>],
+    ) -> Result<()> {
+        let mut backoff = FIRST_RETRY_BACKOFF;
+        let mut attempts = 0u64;
+        loop {
+            let rings = self.shared.control.rings();
+            let result = self.apply_cap(conn).and_then(|()| self.commit(conn, batch));
+            let err = match result {
+                Ok(()) => {
+                    let mut h = self.shared.health_state();
+                    if let Some(stall) = h.stall.take() {
+                        tracing::info!(
+                            reason = stall.reason.as_str(),
+                            attempts = stall.attempts,
+                            stalled_s = now_secs() - stall.since,
+                            "replay writer resumed"
+                        );
+                    }
+                    h.last_commit_at = Some(now_secs());
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            // A failed COMMIT leaves the transaction open when SQLite did not roll it back
+            // itself; the next attempt must start from a clean connection.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let Some(reason) = err.stall_reason() else {
+                return Err(err);
+            };
+            attempts += 1;
+            let text = err.to_string();
+            {
+                let mut h = self.shared.health_state();
+                let since = h.stall.map_or_else(now_secs, |s| s.since);
+                h.stall = Some(Stall {
+                    reason,
+                    since,
+                    attempts,
+                });
+                h.last_error = Some(text.clone());
+            }
+            if attempts.is_power_of_two() {
+                tracing::warn!(
+                    error = %text,
+                    reason = reason.as_str(),
+                    attempts,
+                    episodes = batch.len(),
+                    "replay writer stalled; retrying"
+                );
+            }
+            let mut pause = backoff;
+            if self.closing() {
+                let now = Instant::now();
+                // A timeout too large for an Instant means "retry for as long as it takes".
+                let deadline = *self
+                    .close_deadline
+                    .get_or_insert_with(|| now.checked_add(self.options.close_timeout));
+                if let Some(deadline) = deadline {
+                    if now >= deadline {
+                        return Err(err);
+                    }
+                    pause = pause.min(deadline - now);
+                }
+            }
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
+            self.shared.control.nap(pause, rings);
+            backoff = backoff
+                .saturating_mul(2)
+                .min(self.options.max_retry_backoff.max(FIRST_RETRY_BACKOFF));
+        }
+    }
+
+    /// Follows a change of the file-size cap made through the store or the handle.
+    fn apply_cap(&mut self, conn: &Connection) -> Result<()> {
+        let want = self.shared.control.max_file_bytes();
+        if want != self.applied_cap {
+            apply_max_file_bytes(conn, want)?;
+            self.applied_cap = want;
+        }
+        Ok(())
     }
 
     /// Writes one batch (plus dirty priorities and evictions) in one transaction, then brings
     /// the mirror in step with what was committed.
     fn commit(&mut self, conn: &mut Connection, batch: &[Box<EpisodeData>]) -> Result<()> {
-        let dirty = if self.options.persist_priorities {
-            self.mirror
+        if self.options.persist_priorities {
+            let taken = self
+                .mirror
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .take_dirty()
-        } else {
-            Vec::new()
-        };
-        if batch.is_empty() && dirty.is_empty() {
+                .take_dirty();
+            // Newer values replace older ones of the same transition; kept until committed,
+            // so a failed attempt loses none.
+            self.dirty.extend(taken);
+        }
+        if batch.is_empty() && self.dirty.is_empty() {
             return Ok(());
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut deltas: HashMap<i64, StatsDelta> = HashMap::new();
         let mut inserted: Vec<(i64, Vec<i64>)> = Vec::with_capacity(batch.len());
         let mut new_transitions = 0i64;
+        // The kept totals change only once the transaction commits: a failed attempt is run
+        // again from the same starting point.
+        let mut kept_transitions = self.kept_transitions;
+        let mut kept_bytes = self.kept_bytes;
         {
             let mut ins_ep = tx.prepare_cached(INSERT_EPISODE)?;
             let mut ins_tr = tx.prepare_cached(INSERT_TRANSITION)?;
@@ -582,15 +1046,15 @@ impl WriterState {
                 d.transitions_kept += len as i64;
                 d.bytes_kept += payload;
                 d.return_sum_kept += ret;
-                self.kept_transitions += len as i64;
-                self.kept_bytes += payload;
+                kept_transitions += len as i64;
+                kept_bytes += payload;
                 new_transitions += len as i64;
                 inserted.push((ep_id, ids));
             }
-            if !dirty.is_empty() {
+            if !self.dirty.is_empty() {
                 let mut up =
                     tx.prepare_cached("UPDATE transitions SET priority = ?2 WHERE id = ?1")?;
-                for (id, p) in &dirty {
+                for (id, p) in &self.dirty {
                     up.execute(params![id, *p as f64])?;
                 }
             }
@@ -599,8 +1063,8 @@ impl WriterState {
             &tx,
             &self.retention,
             &self.mirror,
-            self.kept_transitions,
-            self.kept_bytes,
+            kept_transitions,
+            kept_bytes,
             &mut deltas,
         )?;
         {
@@ -618,6 +1082,7 @@ impl WriterState {
             }
         }
         tx.commit()?;
+        self.dirty.clear();
         self.kept_transitions = kept_t;
         self.kept_bytes = kept_b;
         {

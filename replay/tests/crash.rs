@@ -56,6 +56,7 @@ fn crash_child_writer() {
             max_batch_transitions: 256,
             max_batch_latency: Duration::from_millis(5),
             persist_priorities: true,
+            ..WriterOptions::default()
         })
         .unwrap();
     let w = h.writer();

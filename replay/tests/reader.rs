@@ -67,6 +67,7 @@ fn read_only_process_sees_consistent_snapshots_while_writer_runs() {
             max_batch_transitions: 50,
             max_batch_latency: Duration::from_millis(1),
             persist_priorities: true,
+            ..WriterOptions::default()
         })
         .unwrap();
     let w = h.writer();

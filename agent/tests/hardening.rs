@@ -474,8 +474,12 @@ fn pruning_never_deletes_outside_the_run_directory() {
     std::fs::create_dir_all(&outside).unwrap();
     let victim_abs = outside.join("victim-abs.safetensors");
     let victim_rel = outside.join("victim-rel.safetensors");
+    let victim_link = outside.join("victim-link.safetensors");
     std::fs::write(&victim_abs, b"keep me").unwrap();
     std::fs::write(&victim_rel, b"keep me").unwrap();
+    std::fs::write(&victim_link, b"keep me").unwrap();
+    // A plain relative path, through a symbolic link that leads outside.
+    std::os::unix::fs::symlink(&outside, run.join("elsewhere")).unwrap();
     {
         let conn = rusqlite::Connection::open(run.join("replay.sqlite")).unwrap();
         conn.execute(
@@ -486,6 +490,12 @@ fn pruning_never_deletes_outside_the_run_directory() {
         conn.execute(
             "UPDATE models SET checkpoint_path = '../outside/victim-rel.safetensors' \
              WHERE version = 2",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE models SET checkpoint_path = 'elsewhere/victim-link.safetensors' \
+             WHERE version = 3",
             [],
         )
         .unwrap();
@@ -503,6 +513,10 @@ fn pruning_never_deletes_outside_the_run_directory() {
     assert!(
         victim_rel.exists(),
         "pruning deleted a file named by a `..` path"
+    );
+    assert!(
+        victim_link.exists(),
+        "pruning deleted a file through a symbolic link"
     );
 }
 
@@ -728,4 +742,45 @@ fn soak_the_daemon_against_every_fault_at_random() {
     assert!(peak < 400.0, "peak RSS {peak:.0} MiB");
     let episodes = assert_episodes_whole(&run.join("replay.sqlite"));
     assert!(episodes.len() > 10);
+}
+
+// Item 5: an outside process holding the replay file's lock past the busy timeout stalls the
+// writer; the daemon reports it, keeps everything it acknowledged, and goes on when the lock
+// is released.
+#[test]
+fn a_locked_replay_file_stalls_the_writer_and_the_daemon_rides_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let daemon = start(small_daemon("cartpole"), &run);
+    wait(&daemon, "some steps", |s| s.replay.episodes > 5);
+    // Like `sqlite3 replay.sqlite` running `BEGIN EXCLUSIVE;` and walking away for a while.
+    let conn = rusqlite::Connection::open(run.join("replay.sqlite")).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let s = wait(&daemon, "a stalled writer", |s| {
+        s.replay.writer.stalled.is_some()
+    });
+    assert_eq!(s.replay.writer.stalled.as_deref(), Some("busy"), "{s:#?}");
+    assert!(
+        s.unhealthy
+            .as_deref()
+            .unwrap_or("")
+            .contains("replay writer"),
+        "{s:#?}"
+    );
+    let stalled_at = s.steps;
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    let s = wait(&daemon, "commits again", |s| {
+        s.replay.writer.stalled.is_none() && s.steps > stalled_at + 500 && s.unhealthy.is_none()
+    });
+    assert!(s.replay.writer.retries > 0);
+    assert_eq!(s.replay.writer.lost_episodes, 0);
+    let report = daemon.shutdown().unwrap();
+    let steps = report.status.steps;
+    // Every step acknowledged before, during and after the stall is in the file.
+    let store = ReplayStore::open_read_only(run.join("replay.sqlite")).unwrap();
+    let stored = store.summary().unwrap().runs[0].transitions_total as u64;
+    assert_eq!(stored, steps, "steps taken {steps}, stored {stored}");
+    drop(store);
+    assert_episodes_whole(&run.join("replay.sqlite"));
 }

@@ -60,7 +60,7 @@ use autodidact_core::{HeadConfig, Module, ObsNormalizer, Snapshot, load_checkpoi
 use autodidact_envs::{Env, Space};
 use autodidact_replay::{
     ActionSpace, Dtype, MirrorOptions, ModelStatus, NewModel, NewReflection, ReplayError,
-    ReplayStore, Retention, RunSpec, Sampler, StoreOptions, WriterHandle, WriterOptions,
+    ReplayStore, Retention, RunSpec, Sampler, StoreOptions, Writer, WriterHandle, WriterOptions,
 };
 
 pub use config::DaemonConfig;
@@ -81,7 +81,7 @@ use crate::train::{
     learner_pool, write_atomic,
 };
 use crate::variable::VariableSource;
-use status::{Board, ChampionStatus, FaultBoard, ReplayStatus};
+use status::{Board, ChampionStatus, FaultBoard, ReplayStatus, WriterStatus};
 
 /// The resolved configuration in a daemon's run directory.
 pub const DAEMON_CONFIG_FILE: &str = "daemon.toml";
@@ -242,6 +242,8 @@ pub(crate) struct Shared {
     obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
     board: Mutex<Board>,
     store: Mutex<ReplayStore>,
+    /// A handle on the replay writer, for its health (the status and `/healthz`).
+    writer: Writer,
     /// Held from reading the next version number to registering it, so a checkpoint's file
     /// name carries the version it is registered as (the store's own lock is released while
     /// a busy file is waited for).
@@ -293,6 +295,18 @@ impl Shared {
     pub(crate) fn unhealthy(&self) -> Option<String> {
         if let Some(f) = lock(&self.failure).clone() {
             return Some(f);
+        }
+        // A stalled writer holds what actors lived in memory (bounded; actors then wait):
+        // someone should free the disk or the lock.
+        let w = self.writer.health();
+        if let Some(stall) = &w.stall {
+            return Some(format!(
+                "the replay writer cannot commit ({}: {}); {} episodes wait, retried {} times",
+                stall.reason.as_str(),
+                w.last_error.as_deref().unwrap_or("no detail"),
+                w.queued_episodes,
+                stall.attempts
+            ));
         }
         let limit = self.cfg.daemon.unhealthy_after_faults;
         let b = lock(&self.faults);
@@ -561,6 +575,7 @@ impl Shared {
         // Each lock is taken and released on its own: no guard may outlive its line here, or
         // `unhealthy` would wait on a lock this thread holds.
         let faults = lock(&self.faults).status();
+        let writer = WriterStatus::from_health(&self.writer.health());
         let unhealthy = self.unhealthy();
         let b = lock(&self.board);
         Ok(Status {
@@ -587,6 +602,7 @@ impl Shared {
                 transitions,
                 episodes,
                 window: self.sampler.len(),
+                writer: writer.clone(),
             },
             learner: b.learner.clone(),
             last_reflections: b.reflections.iter().cloned().collect(),
@@ -880,6 +896,23 @@ impl Shared {
                 return Ok(());
             }
         };
+        // Nor through a symbolic link inside it (a `checkpoints` link to elsewhere): the
+        // directory the files are in must resolve to one inside the run directory.
+        let inside = match (
+            stem.parent().map(std::fs::canonicalize),
+            std::fs::canonicalize(&self.run_dir),
+        ) {
+            (Some(Ok(dir)), Ok(root)) => dir.starts_with(&root),
+            // A directory that is gone holds nothing to delete.
+            _ => false,
+        };
+        if !inside {
+            tracing::warn!(
+                path = %stem.display(),
+                "not pruning a checkpoint whose directory resolves outside the run directory"
+            );
+            return Ok(());
+        }
         for f in [
             with_suffix(&stem, ".safetensors"),
             with_suffix(&stem, ".target.safetensors"),
@@ -1568,6 +1601,7 @@ impl Daemon {
             obs_stats: obs_stats.clone(),
             board: Mutex::new(board),
             store: Mutex::new(store),
+            writer: writer.writer(),
             registering: Mutex::new(()),
             sampler,
             limiter,

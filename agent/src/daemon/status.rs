@@ -180,6 +180,43 @@ pub struct ReplayStatus {
     pub episodes: i64,
     /// Transitions in the sampling window.
     pub window: usize,
+    /// The writer thread that commits episodes.
+    pub writer: WriterStatus,
+}
+
+/// The replay writer as the status shows it: whether it is committing, and what it holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WriterStatus {
+    /// `busy` (another process holds the file's lock), `disk_full` or `io` while commits
+    /// fail and are retried; none while it commits.
+    pub stalled: Option<String>,
+    /// Seconds since the current stall began.
+    pub stalled_for_s: Option<f64>,
+    /// Failed commit attempts retried since the start.
+    pub retries: u64,
+    /// The last failure's text (kept after the stall ends).
+    pub last_error: Option<String>,
+    /// Episodes acknowledged and not yet committed (bounded by the writer's channel).
+    pub queued_episodes: u64,
+    /// Acknowledged episodes lost because the writer stopped (0 while it runs).
+    pub lost_episodes: u64,
+}
+
+impl WriterStatus {
+    /// From the writer's own report.
+    pub(crate) fn from_health(h: &autodidact_replay::WriterHealth) -> WriterStatus {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        WriterStatus {
+            stalled: h.stall.as_ref().map(|s| s.reason.as_str().to_string()),
+            stalled_for_s: h.stall.as_ref().map(|s| (now - s.since).max(0.0)),
+            retries: h.retries,
+            last_error: h.last_error.clone(),
+            queued_episodes: h.queued_episodes,
+            lost_episodes: h.lost_episodes,
+        }
+    }
 }
 
 /// The answer of `/status`.
@@ -335,6 +372,25 @@ impl Status {
             "gauge",
             "Episodes kept in the replay file.",
             &[("", self.replay.episodes as f64)],
+        );
+        let w = &self.replay.writer;
+        metric(
+            "replay_writer_stalled",
+            "gauge",
+            "1 while the replay writer's commits fail and are retried (busy lock, full disk).",
+            &[("", f64::from(u8::from(w.stalled.is_some())))],
+        );
+        metric(
+            "replay_writer_retries_total",
+            "counter",
+            "Failed commit attempts the replay writer retried.",
+            &[("", w.retries as f64)],
+        );
+        metric(
+            "replay_queued_episodes",
+            "gauge",
+            "Episodes acknowledged and not yet committed.",
+            &[("", w.queued_episodes as f64)],
         );
         metric(
             "learner_loss",

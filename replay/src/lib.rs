@@ -34,9 +34,9 @@ pub use inspect::{
 pub use mirror::{MirrorOptions, NStep, SampleBatch, Sampler};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::{
-    Durability, EpisodeRow, EvictionPolicy, Model, ModelStatus, NewModel, NewReflection,
-    Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary, TransitionRow,
-    check_checkpoint_path,
+    Durability, EpisodeRow, EvictionPolicy, MAX_WINDOW_CAPACITY, Model, ModelStatus, NewModel,
+    NewReflection, Reflection, ReplayStore, Retention, RunStats, Snapshot, StoreOptions, Summary,
+    TransitionRow, check_checkpoint_path,
 };
 pub use types::{
     Action, ActionRef, ActionSpace, Dtype, EpisodeEnd, MAX_ACTION_DIM, MAX_OBS_ELEMENTS,

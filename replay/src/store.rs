@@ -20,6 +20,10 @@ use crate::types::{
 };
 use crate::writer::{Control, WriterHandle, WriterOptions, apply_max_file_bytes};
 
+/// Largest in-memory sampling window, in transitions (2²⁸): [`ReplayStore::open`] refuses
+/// a larger [`MirrorOptions::capacity`].
+pub const MAX_WINDOW_CAPACITY: usize = 1 << 28;
+
 /// How hard an episode batch's commit tries to reach the disk (the writer thread's
 /// connection).
 ///
@@ -402,6 +406,14 @@ impl ReplayStore {
     /// limits of [`RunSpec::validate`] ([`ReplayError::Corrupt`]).
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<ReplayStore> {
         let path = path.as_ref().to_path_buf();
+        // Before anything is sized from it: the window's sum-tree grows by its fan-out until
+        // it holds the capacity, which for an absurd value would overflow.
+        if options.mirror.capacity > MAX_WINDOW_CAPACITY {
+            return Err(ReplayError::InvalidArgument(format!(
+                "mirror capacity {} exceeds the limit of {MAX_WINDOW_CAPACITY} transitions",
+                options.mirror.capacity
+            )));
+        }
         schema::check_magic(&path)?;
         // The store's own connection writes the registry: always FULL (see `Durability`).
         let mut conn = connect(&path, false, &options, Durability::Full)?;
@@ -1353,6 +1365,35 @@ mod tests {
     fn synchronous(conn: &Connection) -> i64 {
         conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn an_absurd_window_is_refused_before_anything_is_sized() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |capacity| StoreOptions {
+            mirror: MirrorOptions {
+                capacity,
+                alpha: 0.6,
+            },
+            ..StoreOptions::default()
+        };
+        // 2e18 once overflowed the sum-tree's sizing loop (and spun for ever in release).
+        for capacity in [
+            2_000_000_000_000_000_000,
+            usize::MAX,
+            MAX_WINDOW_CAPACITY + 1,
+        ] {
+            let r = ReplayStore::open(dir.path().join("a.sqlite"), opts(capacity));
+            assert!(
+                matches!(r, Err(ReplayError::InvalidArgument(_))),
+                "{capacity}"
+            );
+        }
+        assert!(
+            !dir.path().join("a.sqlite").exists(),
+            "a refused open created the file"
+        );
+        assert!(ReplayStore::open(dir.path().join("b.sqlite"), opts(1_000)).is_ok());
     }
 
     /// The registry's connection is FULL (2) whatever the episode durability; the writer's

@@ -156,7 +156,8 @@ pub struct ReplaySection {
     pub max_stored_transitions: u64,
     /// An episode that reaches this many steps without ending is cut as truncated and
     /// committed (the environment is reset): a world that never ends still reaches the
-    /// learner, and an actor's memory stays bounded whatever the environment does.
+    /// learner, and an actor's memory stays bounded whatever the environment does. Never
+    /// more than `capacity` (see [`ReplaySection::episode_cap`]).
     pub max_episode_steps: u64,
     /// What a commit of episodes promises (see [`DurabilityName`]).
     pub durability: DurabilityName,
@@ -307,14 +308,19 @@ impl ReplaySection {
             0,
             MAX_STEPS,
         )?;
-        // A longer episode could never be sampled: the window is rebuilt from whole episodes.
         bounds::int(
             "replay.max_episode_steps",
             self.max_episode_steps,
             1,
-            (self.capacity as u64).min(MAX_EPISODE_STEPS),
+            MAX_EPISODE_STEPS,
         )
-        .map_err(|e| AgentError::Config(format!("{e} (an episode must fit replay.capacity)")))
+    }
+
+    /// Steps after which an episode is cut: `max_episode_steps`, and never more than the
+    /// window holds, since a longer episode could never be sampled (the window is rebuilt
+    /// from whole episodes).
+    pub fn episode_cap(&self) -> u64 {
+        self.max_episode_steps.min(self.capacity as u64)
     }
 }
 

@@ -39,28 +39,7 @@ enum Command {
     /// running it again with the same --run-dir resumes, also after a crash.
     Daemon(DaemonArgs),
     /// Evaluate a trained model greedily (no exploration) and report mean ± std return.
-    Eval {
-        /// A checkpoint file (`…/checkpoints/step-N.safetensors`) or a run directory (meaning
-        /// the model that run currently acts with).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Environment ID (default: the run's environment when --checkpoint is a run dir).
-        #[arg(long)]
-        env: Option<String>,
-        /// Run the run directory's own environment even if it is a command (`exec:…`): a run
-        /// directory may come from someone else, so a stored command needs your consent.
-        #[arg(long)]
-        allow_exec: bool,
-        /// Number of episodes (1 to 100000).
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-        episodes: u64,
-        /// Seed of the first episode (episode j uses seed + j).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print one JSON object (`mean`, `std`, `episodes`, `returns`) instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(EvalArgs),
     /// Look back at a replay file without writing code: summary, episodes, learning curve,
     /// expert usage, reflections, export (read-only; safe while a run is writing).
     Replay(analysis::ReplayArgs),
@@ -431,13 +410,28 @@ fn summary_paragraph(r: &TrainReport) -> String {
     s
 }
 
-/// `autodidact eval`'s options.
+/// Options of `autodidact eval`.
+#[derive(clap::Args, Debug)]
 struct EvalArgs {
+    /// A checkpoint file (`…/checkpoints/step-N.safetensors`) or a run directory (meaning
+    /// the model that run currently acts with).
+    #[arg(long)]
     checkpoint: PathBuf,
+    /// Environment ID (default: the run's environment when --checkpoint is a run dir).
+    #[arg(long)]
     env: Option<String>,
+    /// Run the run directory's own environment even if it is a command (`exec:…`): a run
+    /// directory may come from someone else, so a stored command needs your consent.
+    #[arg(long)]
     allow_exec: bool,
-    episodes: usize,
+    /// Number of episodes (1 to 100000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    episodes: u64,
+    /// Seed of the first episode (episode j uses seed + j).
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Print one JSON object (`mean`, `std`, `episodes`, `returns`) instead of text.
+    #[arg(long)]
     json: bool,
 }
 
@@ -450,6 +444,7 @@ fn eval_command(a: EvalArgs) -> anyhow::Result<()> {
         seed,
         json,
     } = a;
+    let episodes = episodes as usize;
     let (file, env, version) = if checkpoint.is_dir() {
         let (file, version) = autodidact::train::acting_checkpoint(&checkpoint)?;
         let env = match env {
@@ -504,21 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => analysis::run(args)?,
         Command::Train(args) => train_command(args)?,
         Command::Daemon(args) => daemon_command(args)?,
-        Command::Eval {
-            checkpoint,
-            env,
-            allow_exec,
-            episodes,
-            seed,
-            json,
-        } => eval_command(EvalArgs {
-            checkpoint,
-            env,
-            allow_exec,
-            episodes: episodes as usize,
-            seed,
-            json,
-        })?,
+        Command::Eval(args) => eval_command(args)?,
         Command::Envs => {
             for id in autodidact_envs::known_ids() {
                 let note = match id.split(':').next() {

@@ -731,7 +731,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         publish_every: c.dqn.publish_every,
     });
     let adder = ReplayAdder::new(writer.writer(), run.clone(), lockstep)
-        .with_max_episode_steps(c.replay.max_episode_steps);
+        .with_max_episode_steps(c.replay.episode_cap());
     let mut actor = EpsilonGreedyActor::new(
         shared.source.clone(),
         adder,
@@ -948,7 +948,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
                     &weights.snapshot,
                     c.run.eval_episodes,
                     episode_seed(c.run.seed, EVAL_EPISODES, 0),
-                    c.replay.max_episode_steps,
+                    c.replay.episode_cap(),
                 );
                 if let LearnerHost::Thread { limiter, .. } = &host {
                     limiter.set_paused(false);
@@ -1025,7 +1025,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
             &snapshot,
             c.run.eval_episodes,
             episode_seed(c.run.seed, FINAL_EVAL_EPISODES, 0),
-            c.replay.max_episode_steps,
+            c.replay.episode_cap(),
         );
         match r {
             Err(AgentError::Fault(f)) => {

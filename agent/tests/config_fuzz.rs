@@ -87,7 +87,7 @@ proptest! {
             prop_assert!((1..=MAX_STEPS).contains(&c.run.steps));
             prop_assert!(c.replay.capacity as u64 <= MAX_REPLAY_CAPACITY);
             prop_assert!(c.network.d_model as u64 <= MAX_WIDTH);
-            prop_assert!(c.replay.max_episode_steps <= c.replay.capacity as u64);
+            prop_assert!(c.replay.episode_cap() <= c.replay.capacity as u64);
             prop_assert!(c.dqn.lr.is_finite());
         }
         prop_assert!(t0.elapsed() < Duration::from_secs(10), "loading took {:?}", t0.elapsed());

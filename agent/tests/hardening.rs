@@ -385,6 +385,16 @@ fn absurd_numbers_are_refused_before_anything_is_written() {
         ),
         (
             &[
+                "train",
+                "--env",
+                "cartpole",
+                "--set",
+                "replay.max_episode_steps=100000000000",
+            ],
+            "replay.max_episode_steps",
+        ),
+        (
+            &[
                 "daemon",
                 "--env",
                 "cartpole",

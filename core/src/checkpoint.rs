@@ -273,6 +273,20 @@ pub(crate) fn read_f64(
     name: &str,
     len: usize,
 ) -> Result<Vec<f64>> {
+    Ok(f64_tensor(path, st, name, len)?
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
+/// The f64 tensor `name` of shape `[len]`, or an error naming what is wrong with it.
+fn f64_tensor<'a>(
+    path: &Path,
+    st: &SafeTensors<'a>,
+    name: &str,
+    len: usize,
+) -> Result<safetensors::tensor::TensorView<'a>> {
     let t = st
         .tensor(name)
         .map_err(|_| ck_err(path, format!("missing tensor `{name}`")))?;
@@ -286,10 +300,7 @@ pub(crate) fn read_f64(
             ),
         ));
     }
-    Ok(t.data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect())
+    Ok(t)
 }
 
 /// The normaliser's statistics as f64 tensors (checkpoints and snapshots store them alike).
@@ -357,19 +368,7 @@ fn check_stored_shapes(
         ("normalizer.var", dim),
         ("normalizer.count", 1),
     ] {
-        let t = st
-            .tensor(name)
-            .map_err(|_| ck_err(path, format!("missing tensor `{name}`")))?;
-        if t.dtype() != Dtype::F64 || t.shape() != [len] {
-            return Err(ck_err(
-                path,
-                format!(
-                    "tensor `{name}` should be F64 of shape [{len}], is {:?} {:?}",
-                    t.dtype(),
-                    t.shape()
-                ),
-            ));
-        }
+        f64_tensor(path, st, name, len)?;
     }
     Ok(())
 }

@@ -754,7 +754,7 @@ impl Shared {
                     .wrapping_mul(episodes as u64)
                     .wrapping_add(j as u64),
             );
-            let cap = self.cfg.replay.max_episode_steps;
+            let cap = self.cfg.replay.episode_cap();
             let pair = evaluate_capped(env, candidate, 1, seed, cap)
                 .and_then(|a| Ok((a.mean, evaluate_capped(env, champion, 1, seed, cap)?.mean)));
             match pair {
@@ -1674,7 +1674,7 @@ impl Daemon {
         let mut actors = Vec::new();
         for (i, env) in envs.into_iter().enumerate() {
             let adder = ReplayAdder::new(writer.writer(), run.clone(), false)
-                .with_max_episode_steps(cfg.replay.max_episode_steps);
+                .with_max_episode_steps(cfg.replay.episode_cap());
             let actor = EpsilonGreedyActor::new(
                 shared.champion.clone(),
                 adder,

@@ -25,6 +25,8 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                // A safe fn with #[target_feature] needs Rust 1.86: it sets the workspace's
+                // rust-version.
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }

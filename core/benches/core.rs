@@ -1,8 +1,10 @@
 //! Core benchmark: MoE training steps and forward latency against PyTorch on the same machine,
-//! and the machine's GEMM throughput with the GEMM crate we use (and its alternative).
+//! and GEMM throughput of `kernels::matmul` against the two GEMM crates it dispatches to.
 //!
 //! Run: `cargo bench -p autodidact-core --bench core` (add `-- --no-peer` to skip PyTorch,
-//! `-- --quick` for fewer iterations, `-- --no-wait` not to wait for a quiet machine). The PyTorch peer is `../shared/anchors/torch_moe_bench.py`,
+//! `-- --quick` for fewer iterations, `-- --no-wait` not to wait for a quiet machine,
+//! `-- --only gemm` for the GEMM tables alone, which updates only the GEMM entries of
+//! `core.json`). The PyTorch peer is `../shared/anchors/torch_moe_bench.py`,
 //! run with the Python in `$AUTODIDACT_PEER_PYTHON` or `~/.venvs/anchors/bin/python` if that
 //! has torch. Prints a table and writes `target/autodidact-bench/core.json`.
 
@@ -144,42 +146,225 @@ fn bench_forward(batch: usize, calls: usize) -> Stats {
     stats(us)
 }
 
-fn bench_gemm(n: usize, iters: usize, which: &str) -> Stats {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let a = random(&mut rng, n * n);
-    let b = random(&mut rng, n * n);
-    let mut c = vec![0.0f32; n * n];
-    let mut run = || match which {
-        "gemm" => matmul(n, n, n, &a, false, &b, false, &mut c, false, Par::Rayon)
-            .expect("square operands"),
-        _ => unsafe {
-            // SAFETY: a, b and c are n×n, dense and row-major.
+/// What one GEMM row measures.
+#[derive(Clone, Copy, Debug)]
+enum Gemm {
+    /// `kernels::matmul` with `Par::Rayon`, as `Linear` and the MoE call it for large products:
+    /// rows of C split on the current rayon pool, each block by the kernel `gemm_block` picks.
+    Ours,
+    /// `kernels::matmul` with `Par::Seq`: one `gemm_block` call on the calling thread.
+    OursSeq,
+    /// The `gemm` crate called directly, `Parallelism::Rayon(threads)` (`None` for 1).
+    Crate(usize),
+    /// `matrixmultiply::sgemm` called directly (single-threaded: no `threading` feature).
+    Matrixmultiply,
+}
+
+/// `C[m×n] = A[m×k]·B[k×n]`, all dense row-major, once.
+#[allow(clippy::too_many_arguments)]
+fn gemm_once(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], which: Gemm) {
+    let (ni, ki) = (n as isize, k as isize);
+    match which {
+        Gemm::Ours => {
+            matmul(m, n, k, a, false, b, false, c, false, Par::Rayon).expect("dense operands")
+        }
+        Gemm::OursSeq => {
+            matmul(m, n, k, a, false, b, false, c, false, Par::Seq).expect("dense operands")
+        }
+        // SAFETY (both arms): a, b and c are dense row-major m×k, k×n and m×n.
+        Gemm::Crate(t) => unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                ni,
+                false,
+                a.as_ptr(),
+                1,
+                ki,
+                b.as_ptr(),
+                1,
+                ni,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                if t > 1 {
+                    gemm::Parallelism::Rayon(t)
+                } else {
+                    gemm::Parallelism::None
+                },
+            )
+        },
+        Gemm::Matrixmultiply => unsafe {
             matrixmultiply::sgemm(
-                n,
-                n,
+                m,
+                k,
                 n,
                 1.0,
                 a.as_ptr(),
-                n as isize,
+                ki,
                 1,
                 b.as_ptr(),
-                n as isize,
+                ni,
                 1,
                 0.0,
                 c.as_mut_ptr(),
-                n as isize,
+                ni,
                 1,
             )
         },
-    };
-    run();
-    let mut gf = Vec::new();
-    for _ in 0..iters {
-        let t0 = Instant::now();
-        run();
-        gf.push(2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64() / 1e9);
     }
-    stats(gf)
+}
+
+/// One row of the GEMM table.
+struct GemmRow {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Threads of the rayon pool the row runs in (1: the calling thread, no pool).
+    threads: usize,
+    which: Gemm,
+    label: String,
+    name: String,
+}
+
+/// Times the rows of one product shape interleaved: each round runs every row once, in an
+/// order that rotates from round to round, so load from other processes on a shared machine
+/// falls on all rows alike instead of on whichever ran during a busy minute. Each sample
+/// repeats the product until it is about 2^27 multiply-adds, so small products are not
+/// timer noise. Every row's first result is spot-checked against a dot product, so a row
+/// that computed something else cannot report a figure.
+fn bench_gemm_group(rows: &[GemmRow], rounds: usize) -> Vec<Stats> {
+    let (m, n, k) = (rows[0].m, rows[0].n, rows[0].k);
+    assert!(rows.iter().all(|r| (r.m, r.n, r.k) == (m, n, k)));
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a = random(&mut rng, m * k);
+    let b = random(&mut rng, k * n);
+    let mut cs = vec![vec![0.0f32; m * n]; rows.len()];
+    let pools: Vec<Option<rayon::ThreadPool>> = rows
+        .iter()
+        .map(|r| {
+            (r.threads > 1).then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(r.threads)
+                    .build()
+                    .expect("rayon pool")
+            })
+        })
+        .collect();
+    let reps = ((1usize << 27) / (m * n * k)).max(1);
+    let run = |i: usize, c: &mut [f32], reps: usize| {
+        let mut go = || {
+            for _ in 0..reps {
+                gemm_once(m, n, k, &a, &b, c, rows[i].which);
+            }
+        };
+        match &pools[i] {
+            Some(p) => p.install(go),
+            None => go(),
+        }
+    };
+    for (i, c) in cs.iter_mut().enumerate() {
+        run(i, c, 1);
+        for (r, col) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3), (m / 3, n - 1)] {
+            let want: f64 = (0..k)
+                .map(|p| f64::from(a[r * k + p]) * f64::from(b[p * n + col]))
+                .sum();
+            let got = f64::from(c[r * n + col]);
+            assert!(
+                (got - want).abs() < 1e-4 * k as f64,
+                "{}: C[{r},{col}] = {got}, expected {want}",
+                rows[i].label
+            );
+        }
+    }
+    let mut gf = vec![Vec::with_capacity(rounds); rows.len()];
+    for round in 0..rounds {
+        for j in 0..rows.len() {
+            let i = (round + j) % rows.len();
+            let t0 = Instant::now();
+            run(i, &mut cs[i], reps);
+            let dt = t0.elapsed().as_secs_f64();
+            gf[i].push(2.0 * (m * n * k * reps) as f64 / dt / 1e9);
+        }
+    }
+    gf.into_iter().map(stats).collect()
+}
+
+/// The GEMM rows, grouped by shape (rows of a group are timed interleaved): the 2048³ table
+/// (what BENCHMARKS.md quotes), then one expert's fc1 product for each MoE step shape, on one
+/// thread as the MoE layer runs it (one expert per task), with both crates, to check the
+/// `kernels::LARGE_GEMM_WORK` crossover between them.
+fn gemm_groups() -> Vec<Vec<GemmRow>> {
+    let row =
+        |(m, n, k): (usize, usize, usize), threads, which, label: String, name: &str| GemmRow {
+            m,
+            n,
+            k,
+            threads,
+            which,
+            label,
+            name: name.to_string(),
+        };
+    let sq = (2048, 2048, 2048);
+    let mut groups = vec![vec![
+        row(
+            sq,
+            2,
+            Gemm::Ours,
+            "2048³, `kernels::matmul` Par::Rayon, 2 threads".into(),
+            "gemm/2048",
+        ),
+        row(
+            sq,
+            2,
+            Gemm::Crate(2),
+            "2048³, `gemm` crate, Parallelism::Rayon(2)".into(),
+            "gemm/2048/gemm-crate",
+        ),
+        row(
+            sq,
+            1,
+            Gemm::OursSeq,
+            "2048³, `kernels::matmul` Par::Seq, 1 thread".into(),
+            "gemm/2048/1thread",
+        ),
+        row(
+            sq,
+            1,
+            Gemm::Crate(1),
+            "2048³, `gemm` crate, 1 thread".into(),
+            "gemm/2048/gemm-crate-1thread",
+        ),
+    ]];
+    // (rows, d, h) of one expert's fc1 in each MoE step shape of SHAPES, with the T·k/E
+    // tokens an expert receives under even routing.
+    for (t, d, h, e) in SHAPES {
+        let (m, k, n) = (t * 2 / e, d, h);
+        let work = (m * n * k).ilog2();
+        groups.push(
+            [
+                (Gemm::Crate(1), "gemm-crate"),
+                (Gemm::Matrixmultiply, "matrixmultiply"),
+            ]
+            .into_iter()
+            .map(|(which, tag)| {
+                row(
+                    (m, n, k),
+                    1,
+                    which,
+                    format!("{m}×{k}·{k}×{n} (2^{work}), {tag}, 1 thread"),
+                    &format!("gemm/{m}x{k}x{n}/{tag}"),
+                )
+            })
+            .collect(),
+        );
+    }
+    groups
 }
 
 fn workspace_target() -> PathBuf {
@@ -288,7 +473,17 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let no_peer = args.iter().any(|a| a == "--no-peer");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    if let Some(o) = only.filter(|o| *o != "gemm") {
+        eprintln!("--only {o}: the only section that runs alone is `gemm`");
+        std::process::exit(2);
+    }
+    let gemm_only = only == Some("gemm");
+    let no_peer = gemm_only || args.iter().any(|a| a == "--no-peer");
     let dir = workspace_target().join("autodidact-bench");
     std::fs::create_dir_all(&dir).expect("create target/autodidact-bench");
     let peer = if no_peer {
@@ -323,6 +518,64 @@ fn main() {
         results.push(r);
     };
 
+    if !gemm_only {
+        moe_tables(quick, &peer_train, &peer_gflops, &peer_infer, &mut push);
+    }
+    println!("\n| GEMM f32 (C = A·B, row-major) | GFLOP/s med [min,max] |");
+    println!("|---|---|");
+    for group in gemm_groups() {
+        wait_quiet();
+        let rounds = if quick { 3 } else { 15 };
+        for (r, s) in group.iter().zip(bench_gemm_group(&group, rounds)) {
+            println!(
+                "| {} | {:.1} [{:.1}, {:.1}] |",
+                r.label, s.median, s.min, s.max
+            );
+            push(r.name.clone(), "GFLOP/s", false, &s, None);
+        }
+    }
+    let path = dir.join("core.json");
+    if gemm_only {
+        // Keep the other sections' entries from the last full run; replace the GEMM ones.
+        let old: Option<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let kept = old
+            .as_ref()
+            .and_then(|o| o["results"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|r| !r["name"].as_str().is_some_and(|n| n.starts_with("gemm/")))
+            .cloned()
+            .collect::<Vec<_>>();
+        results.splice(0..0, kept);
+    }
+    let out = json!({
+        "area": "core",
+        "command": if gemm_only {
+            "cargo bench -p autodidact-core --bench core -- --only gemm"
+        } else {
+            "cargo bench -p autodidact-core --bench core"
+        },
+        "machine": {"cpu": cpu_model(), "threads": rayon::current_num_threads()},
+        "results": results,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
+        .expect("write core.json");
+    println!("\nwrote {}", path.display());
+}
+
+type PeerLookup<'a> = &'a dyn Fn(usize) -> Option<f64>;
+type Push<'a> = &'a mut dyn FnMut(String, &str, bool, &Stats, Option<f64>);
+
+/// The MoE step and forward tables.
+fn moe_tables(
+    quick: bool,
+    peer_train: PeerLookup<'_>,
+    peer_gflops: PeerLookup<'_>,
+    peer_infer: PeerLookup<'_>,
+    push: Push<'_>,
+) {
     println!(
         "| shape (T,d,h,E) k=2 | ms/step med [min,max] | GFLOP/s | PyTorch ms | ratio (torch/ours) |"
     );
@@ -369,34 +622,4 @@ fn main() {
         );
         push(format!("moe_forward/batch{batch}"), "µs", true, &s, pm);
     }
-    println!("\n| GEMM 2048³ f32 | GFLOP/s med [min,max] |");
-    println!("|---|---|");
-    for (which, label, name) in [
-        (
-            "ours",
-            "kernels::matmul, 2 threads (matrixmultiply kernel, row-split on rayon)",
-            "gemm/2048",
-        ),
-        (
-            "gemm-crate",
-            "gemm crate with its own rayon split, 2 threads",
-            "gemm/2048/gemm-crate",
-        ),
-        ("seq", "kernels::matmul, 1 thread", "gemm/2048/1thread"),
-    ] {
-        wait_quiet();
-        let s = bench_gemm(2048, if quick { 3 } else { 10 }, which);
-        println!("| {label} | {:.1} [{:.1}, {:.1}] |", s.median, s.min, s.max);
-        push(name.to_string(), "GFLOP/s", false, &s, None);
-    }
-    let out = json!({
-        "area": "core",
-        "command": "cargo bench -p autodidact-core --bench core",
-        "machine": {"cpu": cpu_model(), "threads": rayon::current_num_threads()},
-        "results": results,
-    });
-    let path = dir.join("core.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
-        .expect("write core.json");
-    println!("\nwrote {}", path.display());
 }

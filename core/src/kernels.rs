@@ -25,6 +25,8 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                // A safe fn with #[target_feature] needs Rust 1.86: it sets the workspace's
+                // rust-version.
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
@@ -62,9 +64,17 @@ pub enum Par {
     Rayon,
 }
 
-/// Products of at least this many multiply-adds go to `matrixmultiply`, smaller ones to `gemm`:
-/// measured on our expert shapes, `gemm`'s kernels win on small products (82 vs 63 GFLOP/s at
-/// 256×128×512) and `matrixmultiply`'s on large ones (113 vs 87 GFLOP/s at 2048³ on 2 threads).
+/// Products of at least this many multiply-adds go to `matrixmultiply`, smaller ones to `gemm`.
+///
+/// Measured 2026-12-03 on the shared 2-vCPU EPYC, three runs of
+/// `cargo bench -p autodidact-core --bench core -- --only gemm` (rows of one shape timed
+/// interleaved; median of the run medians, range across runs): on one thread the two crates
+/// are within run-to-run noise of each other on every expert shape of the MoE benchmark,
+/// 2^20 to 2^31 multiply-adds (e.g. 95 vs 100 GFLOP/s at 256×128·128×512, 94 vs 91 at
+/// 2048×512·512×2048, `gemm` first), and at 2048³ `matrixmultiply` is level or ahead
+/// (94 vs 93 GFLOP/s on 1 thread; 174 vs 174 on 2 threads, our row split vs `gemm`'s own, with
+/// ours ahead 164 vs 135 in one run). So this split is not a measured crossover; it stays
+/// because neither side of it measured slower than the alternative.
 pub const LARGE_GEMM_WORK: usize = 1 << 24;
 
 /// `C[m×n] (+)= op(A)[m×k] · op(B)[k×n]`, all row-major.

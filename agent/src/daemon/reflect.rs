@@ -20,9 +20,19 @@ use serde_json::{Value, json};
 use super::{Shared, lock};
 use crate::error::Result;
 
+/// Most observation values a lessons pass holds (64 MiB of f32).
+const LESSONS_VALUES: usize = 1 << 24;
+
 /// Returns the lessons' data and sentence, or `None` while replay is empty.
 pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
-    let n = shared.cfg.reflection.lessons_sample;
+    // The sample's observations live in memory at once: `lessons_sample` rows, at most
+    // LESSONS_VALUES values in all whatever the world's observation width.
+    let n = shared
+        .cfg
+        .reflection
+        .lessons_sample
+        .min(LESSONS_VALUES / shared.obs_dim.max(1))
+        .max(1);
     let steps = shared.steps.load(Ordering::Relaxed);
     let version = shared.champion_version.load(Ordering::Relaxed);
     let mut batch = SampleBatch::with_capacity(n);
@@ -113,7 +123,7 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
         return Ok(None);
     };
     let mut net = loaded.network;
-    let mut x = Tensor::zeros(&[rows, d]);
+    let mut x = Tensor::try_zeros(&[rows, d])?;
     x.data_mut().copy_from_slice(&batch.obs[..rows * d]);
     net.forward(&x, false)?;
     let mut experts_by_region = Value::Null;

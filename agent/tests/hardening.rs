@@ -794,3 +794,92 @@ fn a_locked_replay_file_stalls_the_writer_and_the_daemon_rides_it_out() {
     drop(store);
     assert_episodes_whole(&run.join("replay.sqlite"));
 }
+
+/// A protocol peer in plain Python declaring `obs_space` and `act_space` (JSON), whose
+/// episodes end after 5 steps.
+fn declaring_peer(dir: &Path, name: &str, obs_space: &str, act_space: &str) -> String {
+    let script = dir.join(format!("{name}.py"));
+    std::fs::write(
+        &script,
+        format!(
+            r#"import json, sys
+t = 0
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["op"] == "hello":
+        out = {{"type": "hello", "protocol": 1, "observation_space": {obs_space},
+               "action_space": {act_space}}}
+    elif m["op"] == "reset":
+        t = 0
+        out = {{"type": "reset", "obs": [0.0, 0.0], "info": {{}}}}
+    elif m["op"] == "step":
+        t += 1
+        out = {{"type": "step", "obs": [0.0, 0.0], "reward": 1.0, "terminated": t >= 5,
+               "truncated": False, "info": {{}}}}
+    else:
+        out = {{"type": "closed"}}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    if out["type"] == "closed":
+        break
+"#
+        ),
+    )
+    .unwrap();
+    format!("exec:python3 {}", script.display())
+}
+
+// Item 7: sizes a peer declares are bounded, and bounded actions are sampled without overflow.
+#[test]
+fn sizes_declared_by_a_peer_are_bounded() {
+    if !common::python_with("sizes_declared_by_a_peer_are_bounded", "json") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let obs = r#"{"type": "Box", "low": [-1, -1], "high": [1, 1], "shape": [2]}"#;
+    // 2^40 actions once aborted `train` (exit 134) sizing the Q-head; a Box of 10^7 values
+    // would size every buffer from it.
+    for (name, obs_space, act_space) in [
+        (
+            "huge_discrete",
+            obs,
+            r#"{"type": "Discrete", "n": 1099511627776}"#,
+        ),
+        (
+            "huge_box",
+            r#"{"type": "Box", "low": -1, "high": 1, "shape": [10000000]}"#,
+            r#"{"type": "Discrete", "n": 2}"#,
+        ),
+    ] {
+        let env = declaring_peer(dir.path(), name, obs_space, act_space);
+        let run = dir.path().join(name);
+        let out = run_with_deadline(
+            bin()
+                .args(["train", "--env", &env, "--steps", "100", "--run-dir"])
+                .arg(&run),
+            Duration::from_secs(60),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("limit"), "{name}: {err}");
+        assert!(!run.join("replay.sqlite").exists(), "{name}");
+    }
+    // Bounds of ±3e38: `rollout` once panicked (exit 101) sampling them.
+    let env = declaring_peer(
+        dir.path(),
+        "wide_bounds",
+        obs,
+        r#"{"type": "Box", "low": [-3e38, -3e38], "high": [3e38, 3e38], "shape": [2]}"#,
+    );
+    let out = run_with_deadline(
+        bin().args(["rollout", "--env", &env, "--episodes", "3", "--json"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["returns"].as_array().unwrap().len(), 3, "{r}");
+}

@@ -398,44 +398,35 @@ impl Status {
             "Moving average of the learner's TD loss.",
             &[("", f64::from(self.learner.loss))],
         );
-        let kinds: Vec<(String, f64)> = self
-            .reflections_by_kind
-            .iter()
-            .map(|(k, n)| (format!("{{kind=\"{k}\"}}"), *n as f64))
-            .collect();
-        let kinds: Vec<(&str, f64)> = kinds.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let kinds = labelled(
+            "kind",
+            self.reflections_by_kind.iter().map(|(k, n)| (k, *n as f64)),
+        );
         metric(
             "reflections_total",
             "counter",
             "Reflections recorded in this process, per kind.",
-            &kinds,
+            &as_refs(&kinds),
         );
-        let usage: Vec<(String, f64)> = self
-            .learner
-            .expert_usage
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (format!("{{expert=\"{i}\"}}"), *u))
-            .collect();
-        let usage: Vec<(&str, f64)> = usage.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let usage = labelled(
+            "expert",
+            self.learner.expert_usage.iter().copied().enumerate(),
+        );
         metric(
             "expert_usage",
             "gauge",
             "Share of routed tokens per expert of the first MoE layer (learner, moving average).",
-            &usage,
+            &as_refs(&usage),
         );
-        let faults: Vec<(String, f64)> = self
-            .faults
-            .by_kind
-            .iter()
-            .map(|(k, n)| (format!("{{kind=\"{k}\"}}"), *n as f64))
-            .collect();
-        let faults: Vec<(&str, f64)> = faults.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let faults = labelled(
+            "kind",
+            self.faults.by_kind.iter().map(|(k, n)| (k, *n as f64)),
+        );
         metric(
             "env_faults_total",
             "counter",
             "Faulty environment steps and resets in this process, per kind.",
-            &faults,
+            &as_refs(&faults),
         );
         metric(
             "env_faults_in_row",
@@ -457,6 +448,20 @@ impl Status {
         );
         out
     }
+}
+
+/// One Prometheus sample per entry, labelled `{label="key"}`.
+fn labelled<K: std::fmt::Display>(
+    label: &str,
+    entries: impl Iterator<Item = (K, f64)>,
+) -> Vec<(String, f64)> {
+    entries
+        .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), v))
+        .collect()
+}
+
+fn as_refs(samples: &[(String, f64)]) -> Vec<(&str, f64)> {
+    samples.iter().map(|(l, v)| (l.as_str(), *v)).collect()
 }
 
 /// `(current, peak)` resident memory of this process in MiB, from `/proc/self/status`.

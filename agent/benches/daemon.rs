@@ -2,24 +2,27 @@
 //! memory over a long run, time from SIGKILL to acting again, and steps to recover after the
 //! world changes. Writes `target/autodidact-bench/daemon.json`.
 //!
-//! `cargo bench -p autodidact --bench daemon` (about 15 minutes: the long run is
-//! `AUTODIDACT_BENCH_DAEMON_SECS`, default 600 s). There is no peer to measure in the same run:
-//! neither Stable-Baselines3 nor Gymnasium has a daemon that gates its own updates.
+//! `cargo bench -p autodidact --bench daemon [-- --seeds 5 --drift-only]` (about 20 minutes: the
+//! long run is `AUTODIDACT_BENCH_DAEMON_SECS`, default 600 s). `--drift-only` runs only the drift
+//! recovery and writes `daemon-drift.json`. There is no peer to measure in the same run: neither
+//! Stable-Baselines3 nor Gymnasium has a daemon that gates its own updates.
+//!
+//! Drift recovery runs the scenario of the daemon's recovery test (`common/drift.rs`, included
+//! by `tests/daemon.rs` too), so the test's step budget rests on these figures. A seed that does
+//! not recover within [`RECOVERY_BUDGET`] steps counts as the budget and in `failed`.
 
 mod common;
+#[path = "common/drift.rs"]
+mod drift;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autodidact::daemon::{Daemon, DaemonConfig, DaemonOptions, EnvFactory};
-use autodidact_envs::wrappers::TimeLimit;
-use autodidact_envs::{
-    CartPoleControl, CartPoleParams, CartPoleSchedule, Env, NonStationaryCartPole,
-};
+use autodidact::daemon::{Daemon, DaemonOptions};
+use autodidact_envs::CartPoleControl;
 
 fn get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -168,23 +171,21 @@ fn sigkill_to_acting(run_dir: &Path, rounds: usize) -> Vec<f64> {
     out
 }
 
-/// Steps from a change of the pole to a return back at 90 % of its level before.
-fn drift_recovery(run_dir: &Path, seed: u64) -> Option<(u64, u64, f64)> {
+/// Recovery budget of the bench, in steps after the change: a seed not back within it counts as
+/// this many steps and as failed.
+const RECOVERY_BUDGET: u64 = 400_000;
+
+/// One seed of the drift scenario (`common/drift.rs`, the recovery test's): learn, hold, change
+/// the world, then steps to the drift alarm and to a return back at 90 % of the level before,
+/// judged on episodes begun after the change. `None` when the first world was not learned
+/// within 300,000 steps (no change happened, so the seed says nothing about recovery);
+/// `Some((level, detected, recovered))` otherwise, `recovered` being `None` past the budget.
+fn drift_recovery(run_dir: &Path, seed: u64) -> Option<(f64, Option<u64>, Option<u64>)> {
     let control = CartPoleControl::default();
-    let c2 = control.clone();
-    let factory: EnvFactory = Arc::new(move |_id: &str| {
-        let env =
-            NonStationaryCartPole::new(CartPoleSchedule::Constant)?.with_control(c2.clone())?;
-        Ok(Box::new(TimeLimit::new(env, 500)?) as Box<dyn Env>)
-    });
-    let mut cfg = DaemonConfig::default();
-    cfg.daemon.envs = vec!["cartpole-drift".into()];
-    cfg.daemon.seed = seed;
-    cfg.http.enabled = false;
     let daemon = Daemon::start(DaemonOptions {
-        config: cfg,
+        config: drift::config(seed),
         run_dir: run_dir.to_path_buf(),
-        env_factory: Some(factory),
+        env_factory: Some(drift::world(control.clone())),
     })
     .expect("daemon");
     let wait = |pred: &dyn Fn(&autodidact::daemon::Status) -> bool, budget: u64| loop {
@@ -197,118 +198,134 @@ fn drift_recovery(run_dir: &Path, seed: u64) -> Option<(u64, u64, f64)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let before = wait(
-        &|s| s.recent_return.is_some_and(|r| r >= 450.0) && s.returns.len() >= 20,
-        300_000,
-    )?;
-    // Hold it for the return detector's warm-up.
-    let held = wait(&|s| s.episodes >= before.episodes + 40, 400_000)?;
+    let before = wait(&|s| drift::learned(s), 300_000)?;
+    let held = wait(&|s| drift::held(s, &before), 400_000)?;
     let level = held.recent_return?;
-    let changed_at = held.steps;
-    // The motor wired backwards: the champion fails at once (pole length and gravity changes
-    // in the learnable range leave a greedy champion balancing; see BENCHMARKS.md).
-    control.set(CartPoleParams {
-        force_mag: -10.0,
-        ..CartPoleParams::default()
-    });
+    let change = drift::Change::apply(&daemon, &control, level);
     let detected = wait(
-        &|s| {
-            s.last_reflections.iter().any(|r| {
-                r.kind == "drift" && r.steps > changed_at && r.sentence.contains("return fell")
-            })
-        },
-        changed_at + 100_000,
+        &|s| drift::alarm_after(s, change.steps).is_some(),
+        change.steps + RECOVERY_BUDGET,
     )
-    .and_then(|s| {
-        s.last_reflections
-            .iter()
-            .find(|r| r.kind == "drift" && r.steps > changed_at)
-            .map(|r| r.steps - changed_at)
-    });
-    let rec = wait(
-        &|s| {
-            s.steps > changed_at + 2_000
-                && s.returns.len() >= 20
-                && s.returns.iter().rev().take(20).sum::<f64>() / 20.0 >= 0.9 * level
-        },
-        changed_at + 400_000,
-    );
+    .and_then(|s| drift::alarm_after(&s, change.steps))
+    .map(|at| at - change.steps);
+    let rec = wait(&|s| change.recovered(s), change.steps + RECOVERY_BUDGET)
+        .map(|s| change.steps_since(&s));
     let _ = daemon.shutdown();
-    Some((detected?, rec?.steps - changed_at, level))
+    Some((level, detected, rec))
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let drift_only = args.iter().any(|a| a == "--drift-only");
+    let seeds: u64 = args
+        .iter()
+        .position(|a| a == "--seeds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let secs: u64 = std::env::var("AUTODIDACT_BENCH_DAEMON_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     let tmp = tempfile::tempdir().expect("tempdir");
-    println!("daemon: {secs} s run on cartpole (learning, gate, reflection every 30 s)…");
-    let (steps_per_s, peak, growth, stop_s) = long_run(&tmp.path().join("long"), secs);
-    println!("daemon: SIGKILL → acting again, 5 rounds…");
-    let kill = sigkill_to_acting(&tmp.path().join("long"), 5);
-    println!("daemon: drift recovery on CartPole (the push of each action reverses), 3 seeds…");
-    let mut rec = Vec::new();
-    let mut det = Vec::new();
-    for seed in 0..3 {
+    let mut results = Vec::new();
+    let row = |name: &str, unit: &str, lower: bool, v: &[f64]| {
+        serde_json::json!({"name": name, "unit": unit, "lower_is_better": lower,
+            "median": common::median(v),
+            "min": v.iter().copied().fold(f64::INFINITY, f64::min),
+            "max": v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            "runs": v.len()})
+    };
+    if !drift_only {
+        println!("daemon: {secs} s run on cartpole (learning, gate, reflection every 30 s)…");
+        let (steps_per_s, peak, growth, stop_s) = long_run(&tmp.path().join("long"), secs);
+        println!("daemon: SIGKILL → acting again, 5 rounds…");
+        let kill = sigkill_to_acting(&tmp.path().join("long"), 5);
+        results.extend([
+            row("daemon/steps_per_s", "steps/s", false, &[steps_per_s]),
+            row("daemon/peak_rss_mib", "MiB", true, &[peak]),
+            row("daemon/rss_growth_after_warmup_mib", "MiB", true, &[growth]),
+            row("daemon/sigterm_stop_s", "s", true, &[stop_s]),
+            row("daemon/sigkill_to_acting_s", "s", true, &kill),
+        ]);
+    }
+    println!(
+        "daemon: drift recovery on CartPole (the push of each action reverses; the recovery \
+         test's scenario), {seeds} seeds…"
+    );
+    // A seed that does not recover (or whose alarm never comes) within the budget counts as the
+    // budget and as failed, as in the learn bench.
+    let (mut rec, mut det) = (Vec::new(), Vec::new());
+    let (mut rec_failed, mut det_failed, mut not_learned) = (0usize, 0usize, 0usize);
+    let budget = RECOVERY_BUDGET as f64;
+    for seed in 0..seeds {
         match drift_recovery(&tmp.path().join(format!("drift-{seed}")), seed) {
-            Some((d, r, level)) => {
+            Some((level, d, r)) => {
                 println!(
-                    "  seed {seed}: level {level:.1}, detected after {d} steps, recovered after {r}"
+                    "  seed {seed}: level {level:.1}, detected after {}, recovered after {}",
+                    d.map_or("never".into(), |d| format!("{d} steps")),
+                    r.map_or(format!("never (budget {RECOVERY_BUDGET})"), |r| format!(
+                        "{r} steps"
+                    )),
                 );
-                det.push(d as f64);
-                rec.push(r as f64);
+                det_failed += usize::from(d.is_none());
+                rec_failed += usize::from(r.is_none());
+                det.push(d.map_or(budget, |d| d as f64));
+                rec.push(r.map_or(budget, |r| r as f64));
             }
-            None => println!("  seed {seed}: did not recover within 400,000 steps"),
+            None => {
+                not_learned += 1;
+                println!("  seed {seed}: the first world was not learned within 300,000 steps");
+            }
         }
     }
-    let stat = |v: &[f64]| {
-        (
-            common::median(v),
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        )
-    };
-    let row = |name: &str, unit: &str, lower: bool, v: &[f64]| {
-        let (m, lo, hi) = stat(v);
-        serde_json::json!({"name": name, "unit": unit, "lower_is_better": lower,
-            "median": m, "min": lo, "max": hi, "runs": v.len()})
-    };
-    let results = vec![
-        row("daemon/steps_per_s", "steps/s", false, &[steps_per_s]),
-        row("daemon/peak_rss_mib", "MiB", true, &[peak]),
-        row("daemon/rss_growth_after_warmup_mib", "MiB", true, &[growth]),
-        row("daemon/sigterm_stop_s", "s", true, &[stop_s]),
-        row("daemon/sigkill_to_acting_s", "s", true, &kill),
-        row("daemon/drift_recovery_steps", "steps", true, &rec),
-        row("daemon/drift_detection_steps", "steps", true, &det),
-    ];
+    let mut r = row("daemon/drift_recovery_steps", "steps", true, &rec);
+    r["failed"] = rec_failed.into();
+    r["not_learned"] = not_learned.into();
+    r["budget"] = RECOVERY_BUDGET.into();
+    results.push(r);
+    let mut d = row("daemon/drift_detection_steps", "steps", true, &det);
+    d["failed"] = det_failed.into();
+    results.push(d);
     println!();
     println!(
-        "{:<40} {:>12} {:>12} {:>12} {:>5}",
-        "name", "median", "min", "max", "runs"
+        "{:<40} {:>12} {:>12} {:>12} {:>5} {:>7}",
+        "name", "median", "min", "max", "runs", "failed"
     );
     for r in &results {
         println!(
-            "{:<40} {:>12.2} {:>12.2} {:>12.2} {:>5}  {}",
+            "{:<40} {:>12.2} {:>12.2} {:>12.2} {:>5} {:>7}  {}",
             r["name"].as_str().unwrap_or(""),
             r["median"].as_f64().unwrap_or(f64::NAN),
             r["min"].as_f64().unwrap_or(f64::NAN),
             r["max"].as_f64().unwrap_or(f64::NAN),
             r["runs"],
+            r.get("failed").map_or(String::new(), |f| f.to_string()),
             r["unit"].as_str().unwrap_or("")
         );
     }
-    let out = serde_json::json!({
+    let mut command = "cargo bench -p autodidact --bench daemon".to_string();
+    if drift_only {
+        command.push_str(" -- --drift-only");
+    }
+    let mut out = serde_json::json!({
         "area": "daemon",
-        "command": "cargo bench -p autodidact --bench daemon",
+        "command": command,
         "machine": {"cpu": common::cpu_name(), "threads": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "duration_s": secs,
+        "drift_seeds": seeds,
         "results": results,
     });
+    if !drift_only {
+        out["duration_s"] = secs.into();
+    }
     let dir = common::target_dir().join("autodidact-bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let path = dir.join("daemon.json");
+    // A partial run does not overwrite the whole run's figures.
+    let path = dir.join(if drift_only {
+        "daemon-drift.json"
+    } else {
+        "daemon.json"
+    });
     std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
     println!("wrote {}", path.display());
 }

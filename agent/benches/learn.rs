@@ -6,7 +6,14 @@
 //! first reaches 475, and the final evaluation's mean at the end of the budget. The same with
 //! dense networks of equal active and of equal total parameters. The peer is
 //! `../shared/anchors/sb3_cartpole.py` (SB3 DQN and PPO with rl-baselines3-zoo settings; it
-//! evaluates every 5,000 steps over 10 episodes).
+//! evaluates every 5,000 steps over 10 episodes), run by this bench after ours.
+//!
+//! One convention for every figure, ours and the peer's: a seed that never reaches 475 counts as
+//! its whole budget (its environment steps and its training seconds), and every result carries
+//! `failed`, the number of such seeds (`peer_failed` for the peer's; `peer_disturbed` counts
+//! the peer's runs that other processes disturbed or its time limit cut). The peer's figures,
+//! `final_return_min` included, are computed here from the runs in its own output file, which
+//! is deleted before it runs. `--quick`: two seeds, the MoE only, one peer seed per algorithm.
 //!
 //! ```text
 //! cargo bench -p autodidact --bench learn [-- --seeds 5 --no-peer --quick]
@@ -31,14 +38,71 @@ struct Variant {
     overrides: Vec<String>,
 }
 
-/// Per network: name, steps to 475 per seed, seconds to 475 per seed, final means, active and
-/// total parameters.
-type Summary = (String, Vec<f64>, Vec<f64>, Vec<f64>, usize, usize);
+/// Seeds of one learner (ours or a peer) on the common convention: a seed that never reaches
+/// 475 counts as its whole budget, in steps and in training seconds, and is counted in `failed`.
+/// Leaving such seeds out (or counting them as infinite) would make a learner that fails more
+/// often look faster, or make the median undefined.
+#[derive(Default)]
+struct Figures {
+    steps: Vec<f64>,
+    secs: Vec<f64>,
+    finals: Vec<f64>,
+    failed: usize,
+    /// Peer runs kept although other processes disturbed them (the anchor keeps its last try
+    /// either way) or cut short by its time limit: their seconds are not a quiet machine's.
+    disturbed: usize,
+}
+
+impl Figures {
+    /// Adds one seed: when it first reached 475 (steps, training seconds), or `None` with the
+    /// budget it spent without reaching it.
+    fn push(&mut self, first: Option<(f64, f64)>, budget: (f64, f64), final_mean: f64) {
+        let (steps, secs) = first.unwrap_or(budget);
+        self.failed += usize::from(first.is_none());
+        self.steps.push(steps);
+        self.secs.push(secs);
+        self.finals.push(final_mean);
+    }
+
+    fn min_final(&self) -> f64 {
+        self.finals.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// "failed/seeds", as the tables print it.
+    fn failed_of(&self) -> String {
+        format!("{}/{}", self.failed, self.steps.len())
+    }
+
+    /// A peer's seeds from the JSON `sb3_cartpole.py` writes: its `runs` of one algorithm, the
+    /// budget being the algorithm's `n_timesteps` and the run's own training seconds.
+    fn from_sb3(doc: &serde_json::Value, algo: &str) -> Option<Figures> {
+        let budget_steps = doc["hyperparams"][algo]["n_timesteps"].as_f64();
+        let mut f = Figures::default();
+        for r in doc["runs"].as_array()?.iter().filter(|r| r["algo"] == algo) {
+            let first = match &r["first_solved"] {
+                serde_json::Value::Null => None,
+                s => Some((s["env_steps"].as_f64()?, s["train_secs"].as_f64()?)),
+            };
+            let budget = (
+                budget_steps.or_else(|| r["env_steps"].as_f64())?,
+                r["train_secs"].as_f64()?,
+            );
+            f.push(first, budget, r["final_eval_mean"].as_f64()?);
+            f.disturbed += usize::from(r["noisy"] == true || !r["aborted"].is_null());
+        }
+        (!f.steps.is_empty()).then_some(f)
+    }
+}
+
+/// Per network: name, its seeds' figures, active and total parameters.
+type Summary = (String, Figures, usize, usize);
 
 struct Outcome {
     first: Option<(u64, f64)>,
     final_mean: f64,
     steps_per_s: f64,
+    /// The whole run: environment steps and training seconds (evaluations excluded).
+    budget: (f64, f64),
 }
 
 /// Busy cores over `secs` seconds, from /proc/stat (machine-wide).
@@ -107,6 +171,7 @@ fn run_one(variant: &Variant, seed: u64, steps: u64) -> (Outcome, TrainReport) {
             first,
             final_mean,
             steps_per_s: report.steps_per_s,
+            budget: (report.steps as f64, report.train_secs),
         },
         report,
     )
@@ -170,7 +235,6 @@ fn main() {
         "default MoE: {n_experts} experts of hidden width {d_hidden}, top-{top_k}: {moe_active} active / {moe_total} total parameters"
     );
 
-    let mut results = Vec::new();
     println!(
         "\n{:<20} {:>5} {:>12} {:>12} {:>12} {:>10}",
         "network", "seed", "steps→475", "secs→475", "final mean", "steps/s"
@@ -178,7 +242,7 @@ fn main() {
     let mut summary: Vec<Summary> = Vec::new();
     for v in &variants {
         let (active, total) = params(&v.overrides);
-        let (mut s475, mut t475, mut finals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut figs = Figures::default();
         for seed in 0..seeds {
             let (o, _) = run_one(v, seed, steps);
             println!(
@@ -190,147 +254,127 @@ fn main() {
                 o.final_mean,
                 o.steps_per_s
             );
-            // A seed that never solves counts as the whole budget, so the median stays honest.
-            s475.push(o.first.map_or(steps as f64, |f| f.0 as f64));
-            t475.push(o.first.map_or(f64::INFINITY, |f| f.1));
-            finals.push(o.final_mean);
+            figs.push(o.first.map(|(s, t)| (s as f64, t)), o.budget, o.final_mean);
         }
-        summary.push((v.name.to_string(), s475, t475, finals, active, total));
+        summary.push((v.name.to_string(), figs, active, total));
     }
 
     // The peer, in the same run.
-    let mut peer: Option<serde_json::Value> = None;
-    if !flag("--no-peer") {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/sb3_cartpole.py");
-        match peer_python() {
-            Some(py) if script.exists() => {
-                let out = target_dir().join("autodidact-bench/peer-sb3_cartpole.json");
-                std::fs::create_dir_all(out.parent().expect("parent")).expect("bench dir");
-                println!(
-                    "\nrunning the SB3 peer ({}): several minutes",
-                    script.display()
-                );
-                let status = Command::new(&py)
-                    .arg(&script)
-                    .arg("--out")
-                    .arg(&out)
-                    .current_dir(script.parent().expect("anchors dir"))
-                    .status();
-                match status {
-                    Ok(s) if s.success() => {
-                        peer = std::fs::read_to_string(&out)
-                            .ok()
-                            .and_then(|t| serde_json::from_str(&t).ok());
-                    }
-                    other => println!("SB3 peer failed: {other:?}"),
-                }
-            }
-            _ => println!(
-                "\nSB3 peer skipped: set AUTODIDACT_PEER_PYTHON or create ~/.venvs/anchors \
-                 (see shared/anchors/README.md)"
-            ),
-        }
-    }
-    let peer_fig = |algo: &str, key: &str| -> Option<f64> {
-        peer.as_ref()?
-            .get("summary")?
-            .get(algo)?
-            .get(key)?
-            .get("median")?
-            .as_f64()
+    let peer = if flag("--no-peer") {
+        None
+    } else {
+        run_peer(quick)
     };
+    let dqn = peer.as_ref().and_then(|d| Figures::from_sb3(d, "dqn"));
+    let ppo = peer.as_ref().and_then(|d| Figures::from_sb3(d, "ppo"));
 
     println!(
-        "\n{:<20} {:>9} {:>9} {:>14} {:>14} {:>12}",
-        "network", "active", "total", "median steps", "median secs", "min final"
+        "\n(a seed that never reaches 475 counts as its whole budget in steps and seconds)\n\
+         {:<20} {:>9} {:>9} {:>14} {:>14} {:>12} {:>8}",
+        "network", "active", "total", "median steps", "median secs", "min final", "failed"
     );
-    for (name, s475, t475, finals, active, total) in &summary {
-        let min_final = finals.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut results = Vec::new();
+    for (name, figs, active, total) in &summary {
         println!(
-            "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1}",
+            "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
             name,
             active,
             total,
-            median(s475),
-            median(t475),
-            min_final
+            median(&figs.steps),
+            median(&figs.secs),
+            figs.min_final(),
+            figs.failed_of()
         );
-        let suffix = if name == "moe" {
+        let is_moe = name == "moe";
+        let suffix = if is_moe {
             String::new()
         } else {
             format!("/{name}")
         };
-        let finite: Vec<f64> = t475.iter().copied().filter(|t| t.is_finite()).collect();
-        let mut push =
-            |rname: String, unit: &str, lower: bool, samples: &[f64], peer: Option<(&str, f64)>| {
-                let mut v = serde_json::json!({
-                    "name": rname, "unit": unit, "lower_is_better": lower,
-                    "median": median(samples),
-                    "min": samples.iter().copied().fold(f64::INFINITY, f64::min),
-                    "max": samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    "runs": samples.len(),
-                });
-                if let Some((p, m)) = peer {
-                    v["peer"] = p.into();
-                    v["peer_median"] = m.into();
-                }
-                results.push(v);
-            };
-        let is_moe = name == "moe";
-        let dqn_steps = peer_fig("dqn", "first_solved_env_steps").filter(|_| is_moe);
-        let dqn_secs = peer_fig("dqn", "first_solved_train_secs").filter(|_| is_moe);
-        push(
-            format!("cartpole/steps_to_475{suffix}"),
+        // The peers are compared with the default network only.
+        let (dqn_m, ppo_m) = (
+            dqn.as_ref().filter(|_| is_moe),
+            ppo.as_ref().filter(|_| is_moe),
+        );
+        results.push(row(
+            &format!("cartpole/steps_to_475{suffix}"),
             "steps",
             true,
-            s475,
-            dqn_steps.map(|m| ("sb3-dqn", m)),
-        );
-        push(
-            format!("cartpole/seconds_to_475{suffix}"),
+            &figs.steps,
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", median(&p.steps), p.failed)),
+        ));
+        results.push(row(
+            &format!("cartpole/seconds_to_475{suffix}"),
             "s",
             true,
-            if finite.len() == t475.len() {
-                t475
-            } else {
-                &finite
-            },
-            dqn_secs.map(|m| ("sb3-dqn", m)),
-        );
-        if is_moe {
-            if let Some(m) = peer_fig("ppo", "first_solved_env_steps") {
-                push(
-                    "cartpole/steps_to_475/vs_ppo".into(),
-                    "steps",
-                    true,
-                    s475,
-                    Some(("sb3-ppo", m)),
-                );
-            }
-            if let Some(m) = peer_fig("ppo", "first_solved_train_secs") {
-                push(
-                    "cartpole/seconds_to_475/vs_ppo".into(),
-                    "s",
-                    true,
-                    t475,
-                    Some(("sb3-ppo", m)),
-                );
-            }
+            &figs.secs,
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", median(&p.secs), p.failed)),
+        ));
+        if let Some(p) = ppo_m {
+            results.push(row(
+                "cartpole/steps_to_475/vs_ppo",
+                "steps",
+                true,
+                &figs.steps,
+                figs.failed,
+                Some(("sb3-ppo", median(&p.steps), p.failed)),
+            ));
+            results.push(row(
+                "cartpole/seconds_to_475/vs_ppo",
+                "s",
+                true,
+                &figs.secs,
+                figs.failed,
+                Some(("sb3-ppo", median(&p.secs), p.failed)),
+            ));
         }
-        push(
-            format!("cartpole/final_return_min{suffix}"),
+        // The lowest final mean over seeds; the peer's is its own lowest, from its output.
+        results.push(row(
+            &format!("cartpole/final_return_min{suffix}"),
             "return",
             false,
-            &[min_final],
-            None,
-        );
+            &[figs.min_final()],
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", p.min_final(), p.failed)),
+        ));
+        if let Some(p) = ppo_m {
+            results.push(row(
+                "cartpole/final_return_min/vs_ppo",
+                "return",
+                false,
+                &[figs.min_final()],
+                figs.failed,
+                Some(("sb3-ppo", p.min_final(), p.failed)),
+            ));
+        }
     }
-    if let (Some(d), Some(p)) = (
-        peer_fig("dqn", "first_solved_train_secs"),
-        peer_fig("ppo", "first_solved_train_secs"),
-    ) {
-        let ours = median(&summary[0].2);
+    for (algo, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
+        if let Some(p) = p {
+            if p.disturbed > 0 {
+                println!(
+                    "({algo}: {} of {} runs disturbed by other processes or cut at the anchor's \
+                     time limit; its seconds are not a quiet machine's)",
+                    p.disturbed,
+                    p.steps.len()
+                );
+            }
+            println!(
+                "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
+                algo,
+                "",
+                "",
+                median(&p.steps),
+                median(&p.secs),
+                p.min_final(),
+                p.failed_of()
+            );
+        }
+    }
+    if let (Some(d), Some(p)) = (&dqn, &ppo) {
+        let ours = median(&summary[0].1.secs);
+        let (d, p) = (median(&d.secs), median(&p.secs));
         println!(
             "\nsecs to 475: ours {ours:.2}, SB3 DQN {d:.2} ({:.1}× ours), SB3 PPO {p:.2} ({:.1}× ours)",
             d / ours,
@@ -338,11 +382,20 @@ fn main() {
         );
     }
 
+    for (name, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
+        if let Some(p) = p {
+            mark_disturbed(&mut results, name, p.disturbed);
+        }
+    }
+
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let doc = serde_json::json!({
         "area": "learn",
         "command": "cargo bench -p autodidact --bench learn",
         "machine": {"cpu": cpu_name(), "threads": threads},
+        "steps_budget": steps,
+        "seeds": seeds,
+        "quick": quick,
         "results": results,
     });
     let out = target_dir().join("autodidact-bench");
@@ -350,4 +403,90 @@ fn main() {
     let file = out.join("learn.json");
     std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
     println!("wrote {}", file.display());
+}
+
+/// One result in the shared format, with `failed` (seeds that never reached 475 and count as
+/// their whole budget) and, where a peer ran, its median and its own `peer_failed`.
+fn row(
+    name: &str,
+    unit: &str,
+    lower_is_better: bool,
+    samples: &[f64],
+    failed: usize,
+    peer: Option<(&str, f64, usize)>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "name": name, "unit": unit, "lower_is_better": lower_is_better,
+        "median": median(samples),
+        "min": samples.iter().copied().fold(f64::INFINITY, f64::min),
+        "max": samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "runs": samples.len(),
+        "failed": failed,
+    });
+    if let Some((p, m, f)) = peer {
+        v["peer"] = p.into();
+        v["peer_median"] = m.into();
+        v["peer_failed"] = f.into();
+    }
+    v
+}
+
+/// Adds the peer's count of disturbed runs to the results it appears in.
+fn mark_disturbed(results: &mut [serde_json::Value], peer: &str, disturbed: usize) {
+    for r in results.iter_mut().filter(|r| r["peer"] == peer) {
+        r["peer_disturbed"] = disturbed.into();
+    }
+}
+
+/// Runs `../shared/anchors/sb3_cartpole.py` (one seed per algorithm with `--quick`, its three
+/// otherwise) and returns what it wrote. Its output file is deleted first, so a file left by an
+/// earlier run is never read as this run's figures.
+fn run_peer(quick: bool) -> Option<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/sb3_cartpole.py");
+    let Some(py) = peer_python().filter(|_| script.exists()) else {
+        println!(
+            "\nSB3 peer skipped: set AUTODIDACT_PEER_PYTHON or create ~/.venvs/anchors \
+             (see shared/anchors/README.md)"
+        );
+        return None;
+    };
+    let out = target_dir().join("autodidact-bench/peer-sb3_cartpole.json");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("bench dir");
+    match std::fs::remove_file(&out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            println!(
+                "SB3 peer not run: cannot delete its old output {}: {e}",
+                out.display()
+            );
+            return None;
+        }
+    }
+    println!(
+        "\nrunning the SB3 peer ({}): several minutes",
+        script.display()
+    );
+    let mut cmd = Command::new(&py);
+    cmd.arg(&script).arg("--out").arg(&out);
+    if quick {
+        cmd.args(["--seeds", "0"]);
+    }
+    match cmd
+        .current_dir(script.parent().expect("anchors dir"))
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => {
+            println!("SB3 peer failed: {other:?}");
+            return None;
+        }
+    }
+    let doc = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if doc.is_none() {
+        println!("SB3 peer wrote no readable {}", out.display());
+    }
+    doc
 }

@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use autodidact::daemon::{Daemon, DaemonConfig, DaemonOptions, EnvFactory, Status};
+use autodidact::daemon::{Daemon, DaemonConfig, DaemonOptions, Status};
 use autodidact_core::{Module, Network, load_checkpoint, save_checkpoint};
-use autodidact_envs::NonStationaryCartPole;
-use autodidact_envs::wrappers::TimeLimit;
-use autodidact_envs::{CartPoleControl, CartPoleParams, CartPoleSchedule, Env};
+use autodidact_envs::CartPoleControl;
 use autodidact_replay::{ModelStatus, ReplayStore};
+
+// The drift-recovery scenario, shared with the daemon bench that measures it.
+#[path = "../benches/common/drift.rs"]
+mod drift;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_autodidact"))
@@ -484,15 +486,6 @@ fn fast_config() -> DaemonConfig {
     c
 }
 
-/// CartPoles whose physics follow one shared control: actors' and the gate's change together.
-fn drifting_cartpole(control: CartPoleControl) -> EnvFactory {
-    std::sync::Arc::new(move |_id: &str| {
-        let env = NonStationaryCartPole::new(CartPoleSchedule::Constant)?
-            .with_control(control.clone())?;
-        Ok(Box::new(TimeLimit::new(env, 500)?) as Box<dyn Env>)
-    })
-}
-
 fn wait(daemon: &Daemon, what: &str, limit: Duration, pred: impl Fn(&Status) -> bool) -> Status {
     let t0 = Instant::now();
     let mut last_print = Instant::now();
@@ -525,19 +518,42 @@ fn wait(daemon: &Daemon, what: &str, limit: Duration, pred: impl Fn(&Status) -> 
     }
 }
 
-/// The stated recovery budget: after the pole changes, the return is back to 90 % of its
-/// level before the change within this many environment steps.
-const RECOVERY_STEPS: u64 = 200_000;
+/// The stated recovery budget, in environment steps after the change, for the scenario of
+/// `benches/common/drift.rs`, which `cargo bench -p autodidact --bench daemon` measures with the
+/// same config, world, change and judgement (BENCHMARKS.md, "daemon"). Measured 2026-12-03: 15
+/// bench seeds recovered after 46 k–123 k steps (median 80 k), and four runs of this test after
+/// 109 k–119 k. The budget is twice the slowest of them, so a healthy daemon passes with room
+/// for this machine's scatter, while one that does not relearn never gets its judged episodes
+/// back to 90 % of the level and fails here (checked with a world it cannot learn: the motor's
+/// force cut to 1 % after the change). At 3–6 k steps/s a failing run ends within a minute or two.
+const RECOVERY_STEPS: u64 = 250_000;
 
-/// The changed world: the cart's motor is wired backwards (the push of each action reverses),
-/// which breaks the champion at once. (Pole length and gravity changes in the learnable range
-/// did not: a champion that balances a 0.5 m pole still balances a 0.15 m pole under 20 m/s²
-/// when it acts greedily, so its return barely falls; see the closing note of issue 6.)
-fn changed_world() -> CartPoleParams {
-    CartPoleParams {
-        force_mag: -10.0,
-        ..CartPoleParams::default()
+/// Recovery is judged on episodes begun after the change only: the episode in progress at the
+/// change (and, with the counter read a moment later, one more) may still carry the old world's
+/// returns, so 21 fresh episodes are not enough even when the last 20 returns are all high.
+#[test]
+fn recovery_is_judged_on_episodes_begun_after_the_change_only() {
+    let change = drift::Change {
+        steps: 50_000,
+        episodes: 300,
+        level: 500.0,
+    };
+    let high = [500.0; drift::JUDGED_EPISODES];
+    for fresh in 0..drift::JUDGED_EPISODES as u64 + 2 {
+        assert_eq!(change.judged_mean_of(300 + fresh, &high), None, "{fresh}");
     }
+    assert_eq!(
+        change.judged_mean_of(300 + drift::JUDGED_EPISODES as u64 + 2, &high),
+        Some(500.0)
+    );
+    // Too few returns to judge, or a counter from before the change: no verdict.
+    assert_eq!(change.judged_mean_of(400, &high[1..]), None);
+    assert_eq!(change.judged_mean_of(299, &high), None);
+    // A mean below 90 % of the level is not a recovery.
+    let mut mixed = high;
+    mixed[..3].fill(0.0);
+    let m = change.judged_mean_of(400, &mixed).unwrap();
+    assert!(m < drift::RECOVERED_FRACTION * change.level, "{m}");
 }
 
 #[test]
@@ -546,20 +562,18 @@ fn drift_is_detected_the_return_recovers_and_the_gate_rejects_broken_candidates(
     let run = dir.path().join("run");
     let control = CartPoleControl::default();
     let daemon = Daemon::start(DaemonOptions {
-        config: fast_config(),
+        config: drift::config(0),
         run_dir: run.clone(),
-        env_factory: Some(drifting_cartpole(control.clone())),
+        env_factory: Some(drift::world(control.clone())),
     })
     .unwrap();
 
     // 1. Learn the first world well and hold it (the return detector needs its warm-up).
     let limit = Duration::from_secs(400);
-    let before = wait(&daemon, "a good champion", limit, |s| {
-        s.recent_return.is_some_and(|r| r >= 450.0) && s.returns.len() >= 20 && s.promoted >= 1
-    });
+    let before = wait(&daemon, "a good champion", limit, drift::learned);
     // Held long enough for the return detector's windows to fill at this level.
     let before = wait(&daemon, "the level held", limit, |s| {
-        s.episodes >= before.episodes + 40 && s.recent_return.is_some_and(|r| r >= 400.0)
+        drift::held(s, &before)
     });
     let level = before.recent_return.unwrap();
 
@@ -608,38 +622,35 @@ fn drift_is_detected_the_return_recovers_and_the_gate_rejects_broken_candidates(
     assert_ne!(s.champion.version, v_poor);
 
     // 3. The world changes.
-    let changed_at = daemon.status().unwrap().steps;
-    control.set(changed_world());
+    let change = drift::Change::apply(&daemon, &control, level);
+    let changed_at = change.steps;
     let drift = wait(&daemon, "a drift alarm", limit, |s| {
-        s.last_reflections.iter().any(|r| {
-            r.kind == "drift" && r.steps > changed_at && r.sentence.contains("return fell")
-        })
+        drift::alarm_after(s, changed_at).is_some()
     });
-    let detected_after = drift
-        .last_reflections
-        .iter()
-        .find(|r| r.kind == "drift" && r.steps > changed_at && r.sentence.contains("return fell"))
-        .map(|r| r.steps - changed_at)
-        .unwrap();
+    let detected_after = drift::alarm_after(&drift, changed_at).unwrap() - changed_at;
     assert!(
         drift.epsilon > 0.1,
         "exploration was not raised: {}",
         drift.epsilon
     );
 
-    // 4. It recovers to 90 % of the level before the change within the stated budget.
+    // 4. It recovers to 90 % of the level before the change within the stated budget, judged
+    //    on episodes begun after the change only.
     let recovered = wait(&daemon, "recovery", Duration::from_secs(600), |s| {
         assert!(
-            s.steps < changed_at + RECOVERY_STEPS,
-            "no recovery within {RECOVERY_STEPS} steps of the change: {s:#?}"
+            change.steps_since(s) < RECOVERY_STEPS,
+            "no recovery within {RECOVERY_STEPS} steps of the change (mean of the judged \
+             episodes {:?} against {:.1}): {s:#?}",
+            change.judged_mean(s),
+            drift::RECOVERED_FRACTION * level
         );
-        s.returns.len() >= 20 && s.returns.iter().rev().take(20).sum::<f64>() / 20.0 >= 0.9 * level
+        change.recovered(s)
     });
     println!(
         "level before {level:.1}; drift detected {detected_after} steps after the change; \
          recovered to {:.1} after {} steps",
-        recovered.recent_return.unwrap(),
-        recovered.steps - changed_at
+        change.judged_mean(&recovered).unwrap_or(f64::NAN),
+        change.steps_since(&recovered)
     );
     let report = daemon.shutdown().unwrap();
     assert!(report.status.drifts >= 1);

@@ -528,31 +528,36 @@ fn wait(daemon: &Daemon, what: &str, limit: Duration, pred: impl Fn(&Status) -> 
 /// force cut to 1 % after the change). At 3–6 k steps/s a failing run ends within a minute or two.
 const RECOVERY_STEPS: u64 = 250_000;
 
-/// Recovery is judged on episodes begun after the change only: the episode in progress at the
-/// change (and, with the counter read a moment later, one more) may still carry the old world's
-/// returns, so 21 fresh episodes are not enough even when the last 20 returns are all high.
+/// Recovery is judged on episodes begun after the change only (by the start step `/status`
+/// gives each return): an episode in progress at the change still carries the old world's
+/// return, however high the others are.
 #[test]
 fn recovery_is_judged_on_episodes_begun_after_the_change_only() {
     let change = drift::Change {
         steps: 50_000,
-        episodes: 300,
         level: 500.0,
     };
-    let high = [500.0; drift::JUDGED_EPISODES];
-    for fresh in 0..drift::JUDGED_EPISODES as u64 + 2 {
-        assert_eq!(change.judged_mean_of(300 + fresh, &high), None, "{fresh}");
-    }
-    assert_eq!(
-        change.judged_mean_of(300 + drift::JUDGED_EPISODES as u64 + 2, &high),
-        Some(500.0)
-    );
-    // Too few returns to judge, or a counter from before the change: no verdict.
-    assert_eq!(change.judged_mean_of(400, &high[1..]), None);
-    assert_eq!(change.judged_mean_of(299, &high), None);
+    let n = drift::JUDGED_EPISODES;
+    let high = vec![500.0; n];
+    // Episodes begun one step before the change (they span it) are never judged.
+    let before: Vec<u64> = (0..n as u64).map(|i| 49_999 - i).collect();
+    assert_eq!(change.judged_mean_of(&before, &high), None);
+    let after: Vec<u64> = (0..n as u64).map(|i| 50_000 + 500 * i).collect();
+    assert_eq!(change.judged_mean_of(&after, &high), Some(500.0));
+    // One spanning episode among the last n leaves too few to judge.
+    let mut mixed_starts = after.clone();
+    mixed_starts[0] = 49_990;
+    assert_eq!(change.judged_mean_of(&mixed_starts, &high), None);
+    // More returns than n: the last n begun after the change count, the older ones not.
+    let mut starts = vec![40_000; 5];
+    starts.extend(&after);
+    let mut returns = vec![0.0; 5];
+    returns.extend(&high);
+    assert_eq!(change.judged_mean_of(&starts, &returns), Some(500.0));
     // A mean below 90 % of the level is not a recovery.
-    let mut mixed = high;
-    mixed[..3].fill(0.0);
-    let m = change.judged_mean_of(400, &mixed).unwrap();
+    let mut low = high.clone();
+    low[..3].fill(0.0);
+    let m = change.judged_mean_of(&after, &low).unwrap();
     assert!(m < drift::RECOVERED_FRACTION * change.level, "{m}");
 }
 

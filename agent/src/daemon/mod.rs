@@ -459,9 +459,16 @@ impl Shared {
         Ok(())
     }
 
-    /// Feeds an ended episode to the board and the drift detectors.
-    fn on_episode(&self, steps: u64, ret: f64, mean_abs_obs: &[f32]) -> Result<()> {
-        lock(&self.board).push_return(steps, ret);
+    /// Feeds an ended episode (begun at step `started_at`, ended at `steps`) to the board and
+    /// the drift detectors.
+    fn on_episode(
+        &self,
+        started_at: u64,
+        steps: u64,
+        ret: f64,
+        mean_abs_obs: &[f32],
+    ) -> Result<()> {
+        lock(&self.board).push_return(started_at, ret);
         let (ret_alarm, obs_alarms) = {
             let mut d = lock(&self.detectors);
             let r = d.returns.update(ret);
@@ -598,6 +605,7 @@ impl Shared {
             drifts: b.drifts,
             recent_return: b.recent_return(20),
             returns: b.returns.iter().rev().take(20).rev().map(|r| r.1).collect(),
+            returns_started_at: b.returns.iter().rev().take(20).rev().map(|r| r.0).collect(),
             replay: ReplayStatus {
                 transitions,
                 episodes,
@@ -1079,6 +1087,7 @@ fn actor_loop(
                 }
             };
             actor.observe_first(&obs)?;
+            let started_at = shared.steps.load(Ordering::Relaxed);
             obs_sum.iter_mut().for_each(|s| *s = 0.0);
             let (mut obs, mut ret, mut len) = (obs, 0.0, 0u64);
             loop {
@@ -1131,7 +1140,7 @@ fn actor_loop(
                     for (m, s) in mean_abs_obs.iter_mut().zip(&obs_sum) {
                         *m = (s / len as f64) as f32;
                     }
-                    shared.on_episode(steps, ret, &mean_abs_obs)?;
+                    shared.on_episode(started_at, steps, ret, &mean_abs_obs)?;
                     break;
                 }
                 obs = step.obs;

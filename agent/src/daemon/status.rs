@@ -32,7 +32,7 @@ pub struct ReflectionLine {
 /// Mutable figures, behind one mutex in the daemon.
 #[derive(Debug, Default)]
 pub(crate) struct Board {
-    /// Recent training returns with the step count at which each episode ended.
+    /// Recent training returns with the step count at which each episode began.
     pub returns: VecDeque<(u64, f64)>,
     pub reflections: VecDeque<ReflectionLine>,
     pub reflections_by_kind: BTreeMap<String, u64>,
@@ -44,11 +44,11 @@ pub(crate) struct Board {
 }
 
 impl Board {
-    pub fn push_return(&mut self, steps: u64, ret: f64) {
+    pub fn push_return(&mut self, started_at: u64, ret: f64) {
         if self.returns.len() == RETURNS_KEPT {
             self.returns.pop_front();
         }
-        self.returns.push_back((steps, ret));
+        self.returns.push_back((started_at, ret));
     }
 
     pub fn push_reflection(&mut self, line: ReflectionLine) {
@@ -254,6 +254,10 @@ pub struct Status {
     pub recent_return: Option<f64>,
     /// The last training returns (up to 20), oldest first.
     pub returns: Vec<f64>,
+    /// The environment step (of the whole daemon) at which each of `returns`' episodes
+    /// began: what lets a reader judge only episodes lived after a moment, with any number of
+    /// actors.
+    pub returns_started_at: Vec<u64>,
     /// The replay file.
     pub replay: ReplayStatus,
     /// Learner metrics.

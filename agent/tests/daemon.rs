@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,28 +20,6 @@ mod drift;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_autodidact"))
-}
-
-/// One GET over a fresh connection: `(status code, body)`.
-fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    Ok((code, body))
 }
 
 /// A daemon child process over a run directory.
@@ -719,7 +696,7 @@ fn learning_goes_on_without_reflection_passes() {
     daemon.shutdown().unwrap();
 }
 
-use common::walker_example;
+use common::{http_get, walker_example};
 
 #[test]
 fn actors_act_over_exec_and_tcp_adapters_at_once() {

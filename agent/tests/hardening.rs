@@ -209,10 +209,10 @@ fn faults_in_a_row_report_unhealthy_without_stopping() {
     let addr = daemon.http_addr().unwrap().to_string();
     let s = wait(&daemon, "unhealthy", |s| s.unhealthy.is_some());
     assert!(s.faults.in_row_max >= 3, "{:?}", s.faults);
-    let (code, body) = http_get(&addr, "/healthz");
+    let (code, body) = common::http_get(&addr, "/healthz", None).unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("in a row"), "{body}");
-    let m = http_get(&addr, "/metrics").1;
+    let m = common::http_get(&addr, "/metrics", None).unwrap().1;
     assert!(m.contains("autodidact_healthy 0"), "{m}");
     assert!(
         m.contains("autodidact_env_faults_total{kind=\"env_error\"}"),
@@ -222,29 +222,6 @@ fn faults_in_a_row_report_unhealthy_without_stopping() {
     let before = daemon.status().unwrap().faults.total;
     wait(&daemon, "more retries", |s| s.faults.total > before);
     daemon.shutdown().unwrap();
-}
-
-/// One GET with a fresh connection: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
-    )
 }
 
 // Item 3: an episode that never ends is cut at the step cap, committed, and learned from.
@@ -736,7 +713,7 @@ fn soak_the_daemon_against_every_fault_at_random() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let addr = std::fs::read_to_string(run.join("http.addr")).unwrap();
-    let (code, body) = http_get(addr.trim(), "/status");
+    let (code, body) = common::http_get(addr.trim(), "/status", None).unwrap();
     assert_eq!(code, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(

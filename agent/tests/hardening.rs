@@ -469,23 +469,27 @@ fn pruning_never_deletes_outside_the_run_directory() {
     std::os::unix::fs::symlink(&outside, run.join("elsewhere")).unwrap();
     {
         let conn = rusqlite::Connection::open(run.join("replay.sqlite")).unwrap();
-        conn.execute(
-            "UPDATE models SET checkpoint_path = ?1 WHERE version = 1",
-            [victim_abs.to_str().unwrap()],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE models SET checkpoint_path = '../outside/victim-rel.safetensors' \
-             WHERE version = 2",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE models SET checkpoint_path = 'elsewhere/victim-link.safetensors' \
-             WHERE version = 3",
-            [],
-        )
-        .unwrap();
+        // Three versions that are not the champion (a crafted champion's path is refused at
+        // start, which is another matter): three decisions made four models.
+        let old: Vec<i64> = conn
+            .prepare("SELECT version FROM models WHERE status != 'champion' ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(old.len() >= 3, "{old:?}");
+        for (version, path) in [
+            (old[0], victim_abs.to_str().unwrap()),
+            (old[1], "../outside/victim-rel.safetensors"),
+            (old[2], "elsewhere/victim-link.safetensors"),
+        ] {
+            conn.execute(
+                "UPDATE models SET checkpoint_path = ?1 WHERE version = ?2",
+                rusqlite::params![path, version],
+            )
+            .unwrap();
+        }
     }
     // A restart prunes again from the oldest version up.
     let daemon = start(cfg, &run);

@@ -449,18 +449,9 @@ fn bad_config_and_unreachable_adapters_are_clear_errors() {
     assert!(!dir.path().join("b").join("replay.sqlite").exists());
 }
 
-/// Small, fast settings for in-process daemons.
+/// Small, fast settings for in-process daemons: the drift scenario's.
 fn fast_config() -> DaemonConfig {
-    let mut c = DaemonConfig::default();
-    c.daemon.envs = vec!["cartpole-drift".into()];
-    c.http.enabled = false;
-    c.dqn.learning_starts = 1_000;
-    c.daemon.exploration_steps = 10_000;
-    c.reflection.every_s = 2.0;
-    c.reflection.reanalyse_batches = 8;
-    c.gate.episodes = 10;
-    c.daemon.candidate_every = 500;
-    c
+    drift::config(0)
 }
 
 fn wait(daemon: &Daemon, what: &str, limit: Duration, pred: impl Fn(&Status) -> bool) -> Status {

@@ -2,6 +2,9 @@
 //! wrong tokens and foreign `Host` names. Real daemons (a child process where its descriptors
 //! are counted, in-process otherwise) on 127.0.0.1, real TCP clients.
 
+mod common;
+
+use common::exchange;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -10,30 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autodidact::daemon::{Daemon, DaemonConfig, DaemonOptions};
-
-/// Sends `raw` as is on a fresh connection and reads the answer: `(status code, body)`;
-/// code 0 when the server closed without answering.
-fn exchange(addr: &str, raw: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(raw)?;
-    let mut bytes = Vec::new();
-    match s.read_to_end(&mut bytes) {
-        Ok(_) => {}
-        // A server that answers before reading the whole body resets the connection when it
-        // closes with bytes unread; the answer may still have arrived first.
-        Err(e) if e.kind() == ErrorKind::ConnectionReset && !bytes.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    let raw = String::from_utf8_lossy(&bytes);
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    Ok((code, body))
-}
 
 /// One GET with the given `Host` and optional token.
 fn get(addr: &str, path: &str, host: &str, token: Option<&str>) -> (u16, String) {

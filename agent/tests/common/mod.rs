@@ -40,18 +40,29 @@ pub fn walker_example() -> String {
 
 /// One GET over a fresh connection: `(status code, body)`.
 pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n");
+    exchange(addr, req.as_bytes())
+}
+
+/// Sends `raw` as is on a fresh connection and reads the answer: `(status code, body)`;
+/// code 0 when the server closed without answering.
+pub fn exchange(addr: &str, raw: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::{ErrorKind, Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    s.write_all(raw)?;
+    let mut bytes = Vec::new();
+    match s.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        // A server that answers before reading the whole body resets the connection when it
+        // closes with bytes unread; the answer may still have arrived first.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset && !bytes.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let raw = String::from_utf8_lossy(&bytes);
     let code = raw
         .split_whitespace()
         .nth(1)

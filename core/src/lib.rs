@@ -10,13 +10,16 @@
 //! - [`layers`]: Linear, LayerNorm, ReLU, GELU, softmax / log-softmax.
 //! - [`moe`]: the Mixture-of-Experts feed-forward layer and its auxiliary losses.
 //! - [`network`]: the config-driven network (normaliser → input → residual blocks → head).
-//! - [`loss`], [`optim`]: losses, AdamW, clipping, the non-finite step guard.
+//! - [`dist`]: the tanh-squashed Gaussian policy head of SAC and its backward pass.
+//! - [`loss`], [`optim`]: losses (incl. SAC's entropy temperature), AdamW, clipping, the
+//!   non-finite step guard.
 //! - [`checkpoint`], [`precision`]: safetensors checkpoints; bf16/f16 snapshots for acting.
 //! - [`limits`]: the documented bounds on every size a config may ask for.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod dist;
 pub mod error;
 pub mod kernels;
 pub mod layers;
@@ -31,6 +34,7 @@ pub mod precision;
 pub mod tensor;
 
 pub use checkpoint::{LoadedCheckpoint, load_checkpoint, save_checkpoint};
+pub use dist::SquashedGaussian;
 pub use error::{CoreError, Result};
 pub use moe::{MoeConfig, MoeLayer, MoeStats};
 pub use network::{BlockConfig, HeadConfig, Network, NetworkConfig};

@@ -107,3 +107,45 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize], grad: &mut Tensor) -> Re
     }
     Ok((s * f64::from(inv)) as f32)
 }
+
+/// The automatic entropy-temperature loss of SAC v2 (Haarnoja et al. 2018b, arXiv 1812.05905,
+/// eq. 18), in the log parameterisation Stable-Baselines3 also uses:
+/// `L(log α) = −mean_b( log α · (log π_b + H̄) )`, with the log-probabilities `log_prob` of
+/// freshly sampled actions treated as constants. Returns `(L, ∂L/∂log α)`; the gradient is
+/// `−mean_b(log π_b + H̄)`, so α grows while the policy's entropy `−log π` is below the target
+/// `H̄` and shrinks above it. Learning `log α` rather than α keeps α positive without a
+/// constraint. The usual target is [`crate::dist::default_target_entropy`] (`−A`).
+///
+/// # Errors
+/// [`CoreError::Input`] for an empty batch or a non-finite `log_alpha`, `target_entropy` or
+/// log-probability (a non-finite temperature step would poison every later update).
+pub fn entropy_temperature(
+    log_alpha: f32,
+    log_prob: &[f32],
+    target_entropy: f32,
+) -> Result<(f32, f32)> {
+    if log_prob.is_empty() {
+        return Err(CoreError::Input(
+            "entropy_temperature: empty batch of log-probabilities".into(),
+        ));
+    }
+    let all_finite = log_alpha.is_finite()
+        && target_entropy.is_finite()
+        && log_prob.iter().all(|v| v.is_finite());
+    if !all_finite {
+        return Err(CoreError::Input(
+            "entropy_temperature: log_alpha, target entropy or a log-probability is NaN or \
+             infinite"
+                .into(),
+        ));
+    }
+    // Summed in f64 in a fixed order: the mean feeds an optimizer step every update, and a
+    // large batch of f32 terms of mixed sign would lose digits.
+    let s: f64 = log_prob
+        .iter()
+        .map(|&lp| f64::from(lp) + f64::from(target_entropy))
+        .sum();
+    let mean = s / log_prob.len() as f64;
+    let grad = -mean;
+    Ok(((f64::from(log_alpha) * grad) as f32, grad as f32))
+}

@@ -624,6 +624,19 @@ impl MoeLayer {
     /// Backward pass for the `x` and upstream gradient `dy` of the last forward. Accumulates
     /// parameter gradients (experts, router, including both auxiliary losses) and writes `dx`.
     pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        self.backward_impl(x, dy, dx, true)
+    }
+
+    /// [`MoeLayer::backward`], with the auxiliary losses' gradients left out when `with_aux`
+    /// is false: an input gradient taken through a frozen network (SAC's actor loss through
+    /// its critic) must not carry the critic's load-balancing objective.
+    pub(crate) fn backward_impl(
+        &mut self,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        with_aux: bool,
+    ) -> Result<()> {
         let (d, h, e_n, k) = (
             self.cfg.d_model,
             self.cfg.d_hidden,
@@ -727,8 +740,9 @@ impl MoeLayer {
         // Router: gates → probabilities → logits, plus both auxiliary losses.
         grow(&mut self.dlogits, t_n * e_n, 0.0)?;
         let assignments = (t_n * k) as f32;
-        let aux_scale = self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
-        let z_scale = self.cfg.z_loss_coef * 2.0 / t_n as f32;
+        let aux_on = if with_aux { 1.0 } else { 0.0 };
+        let aux_scale = aux_on * self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
+        let z_scale = aux_on * self.cfg.z_loss_coef * 2.0 / t_n as f32;
         for t in 0..t_n {
             let pr = &self.probs[t * e_n..(t + 1) * e_n];
             let dl = &mut self.dlogits[t * e_n..(t + 1) * e_n];

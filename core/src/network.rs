@@ -394,9 +394,9 @@ impl Block {
         Ok(())
     }
 
-    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor, with_aux: bool) -> Result<()> {
         match &mut self.ffn {
-            Ffn::Moe(m) => m.backward(&self.normed, dy, &mut self.g_normed)?,
+            Ffn::Moe(m) => m.backward_impl(&self.normed, dy, &mut self.g_normed, with_aux)?,
             Ffn::Dense { fc1, fc2, h, a, g } => {
                 fc2.backward(a, dy, Some(g))?;
                 let ga = std::mem::take(g);
@@ -602,6 +602,9 @@ pub struct Network {
     out: Tensor,
     g_a: Tensor,
     g_b: Tensor,
+    /// Gradient with respect to the raw observation, filled by [`Network::backward_input`]
+    /// only, so plain [`Network::backward`] pays nothing for it.
+    d_obs: Tensor,
 }
 
 impl Network {
@@ -676,6 +679,7 @@ impl Network {
             out: Tensor::default(),
             g_a: Tensor::default(),
             g_b: Tensor::default(),
+            d_obs: Tensor::default(),
         })
     }
 
@@ -709,6 +713,36 @@ impl Network {
     /// Back-propagates `d_out` (the loss gradient with respect to the last output) and the
     /// MoE auxiliary losses, accumulating into every parameter's gradient.
     pub fn backward(&mut self, d_out: &Tensor) -> Result<()> {
+        self.backward_blocks(d_out, true)?;
+        self.input.backward(&self.x_in, &self.g_b, None)
+    }
+
+    /// Back-propagates `d_out` to the raw observation passed to the last
+    /// [`Network::forward`] and returns that gradient, `[batch, obs_dim]`: the gradient of
+    /// `Σ d_out ⊙ out` with respect to `obs`, through the observation normaliser when it is
+    /// active (`x' = clip((x − μ)/σ)`: `g/σ` where `x'` is inside the clip, 0 where clipped).
+    ///
+    /// This is what SAC's actor loss needs from a critic whose input is `[obs | action]`:
+    /// `∂Q/∂action` is the last columns of the result. The MoE auxiliary losses are left out
+    /// (unlike [`Network::backward`]): the actor must not be steered by the critic's routing
+    /// balance. Parameter gradients are still accumulated as a side effect (they come at the
+    /// cost of the same pass); a caller that treats the network as frozen clears them with
+    /// [`Module::zero_grad`] before the network's own next update.
+    ///
+    /// It costs one GEMM more than [`Network::backward`] (the input layer's `dx`), which is
+    /// why that gradient is a separate call rather than part of every backward pass.
+    pub fn backward_input(&mut self, d_out: &Tensor) -> Result<&Tensor> {
+        self.backward_blocks(d_out, false)?;
+        self.input
+            .backward(&self.x_in, &self.g_b, Some(&mut self.g_a))?;
+        self.normalizer
+            .backward(&self.x_in, &self.g_a, &mut self.d_obs)?;
+        Ok(&self.d_obs)
+    }
+
+    /// The head, final norm and blocks in reverse, leaving the gradient with respect to the
+    /// input layer's output in `g_b`.
+    fn backward_blocks(&mut self, d_out: &Tensor, with_aux: bool) -> Result<()> {
         if d_out.shape() != self.out.shape() {
             return Err(crate::error::shape_err(
                 "Network::backward",
@@ -721,10 +755,10 @@ impl Network {
         self.final_norm
             .backward(&self.acts[n], &self.g_a, &mut self.g_b)?;
         for i in (0..n).rev() {
-            self.blocks[i].backward(&self.acts[i], &self.g_b, &mut self.g_a)?;
+            self.blocks[i].backward(&self.acts[i], &self.g_b, &mut self.g_a, with_aux)?;
             std::mem::swap(&mut self.g_a, &mut self.g_b);
         }
-        self.input.backward(&self.x_in, &self.g_b, None)
+        Ok(())
     }
 
     /// Sum of the weighted MoE auxiliary losses of the last forward pass; add it to the task

@@ -78,6 +78,46 @@ impl ObsNormalizer {
         }
     }
 
+    /// Back-propagates `d_norm`, the gradient with respect to the normalised observations
+    /// `normed` that [`ObsNormalizer::apply`] wrote, to the raw observations, into `d_obs`:
+    /// `g/σ` per feature, and 0 where the value was clipped (the clip is flat there). A
+    /// clipped value is exactly `±clip` after `apply`, so `normed` alone tells which were
+    /// clipped and the raw observations need not be kept. While normalisation is off (or
+    /// before any update) the map is the identity and so is its gradient.
+    ///
+    /// # Errors
+    /// [`CoreError::Shape`] unless both are `[n, dim]` of the same shape.
+    pub fn backward(&self, normed: &Tensor, d_norm: &Tensor, d_obs: &mut Tensor) -> Result<()> {
+        normed.expect_cols("ObsNormalizer::backward", self.mean.len())?;
+        if d_norm.shape() != normed.shape() {
+            return Err(crate::error::shape_err(
+                "ObsNormalizer::backward",
+                format!("{:?}", normed.shape()),
+                d_norm.shape(),
+            ));
+        }
+        d_obs.try_resize(normed.shape())?;
+        d_obs.data_mut().copy_from_slice(d_norm.data());
+        let dim = self.mean.len();
+        if !self.enabled || self.count == 0.0 || dim == 0 {
+            return Ok(());
+        }
+        for (dr, xr) in d_obs
+            .data_mut()
+            .chunks_exact_mut(dim)
+            .zip(normed.data().chunks_exact(dim))
+        {
+            for ((g, &x), &var) in dr.iter_mut().zip(xr).zip(&self.var) {
+                *g = if x.abs() >= self.clip {
+                    0.0
+                } else {
+                    (f64::from(*g) / (var + 1e-8).sqrt()) as f32
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the normalised `obs` into `out`.
     pub fn apply(&self, obs: &Tensor, out: &mut Tensor) {
         out.resize(obs.shape());

@@ -137,6 +137,32 @@ fn squashed_gaussian_gradients_saturated_tanh() {
     let (_, lp) = head.forward(&raw, &eps).unwrap();
     assert!(lp.iter().all(|v| v.is_finite()), "log-prob {lp:?}");
     check_squashed("squashed saturated", &raw, &eps, &ra, &rl);
+
+    // The action path's own gradient sech²u is tiny there but not zero: it is taken from the
+    // stable log form, not from 1 − a² (which is exactly 0 once tanh rounds to ±1), so it
+    // stays relatively exact — the FD check above cannot see this, its scale is the 2·tanh u
+    // of the log-prob path.
+    let (act, _) = head.forward(&raw, &eps).unwrap();
+    let act = act.clone();
+    let d = head.backward(
+        &Tensor::from_vec(vec![1.0; b * a], &[b, a]).unwrap(),
+        &[0.0; 4],
+    );
+    let d = d.unwrap();
+    let (raw_r, eps_r) = (to_f64(raw.data()), to_f64(eps.data()));
+    for row in 0..b {
+        for i in 0..a {
+            let l = raw_r[row * 2 * a + a + i];
+            let u = raw_r[row * 2 * a + i] + l.exp() * eps_r[row * a + i];
+            let want = ref_log_sech2(u).exp();
+            let got = f64::from(d.row(row)[i]);
+            assert!(
+                (got - want).abs() <= 1e-4 * want,
+                "u={u}: d mean {got:e} vs sech² {want:e} (action {})",
+                act.row(row)[i]
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ pub fn deterministic_row(raw: &[f32], action: &mut [f32]) -> Result<()> {
 /// The tanh-squashed diagonal Gaussian over a batch, with its backward pass through the
 /// reparameterisation. Owns its output and cache buffers, reused from call to call: after
 /// the first batch of the largest size, no call allocates.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SquashedGaussian {
     action_dim: usize,
     action: Tensor,
@@ -142,9 +142,16 @@ impl SquashedGaussian {
                 format!("{action_dim} exceeds the limit of {MAX_DIM}"),
             ));
         }
+        // No Default impl: a head of 0 dimensions would accept any batch and do nothing.
         Ok(SquashedGaussian {
             action_dim,
-            ..Self::default()
+            action: Tensor::default(),
+            log_prob: Vec::new(),
+            sigma_eps: Vec::new(),
+            sech2: Vec::new(),
+            in_range: Vec::new(),
+            det: Tensor::default(),
+            d_raw: Tensor::default(),
         })
     }
 

@@ -4,14 +4,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use autodidact_core::precision::Scratch;
 use autodidact_core::{ObsNormalizer, Tensor};
 use autodidact_envs::{Action, Step};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::adder::Adder;
 use crate::error::Result;
+use crate::policy::{ActMode, Policy};
 use crate::variable::{VariableSource, Weights};
 
 /// Acts in an environment and reports experience.
@@ -26,69 +26,53 @@ pub trait Actor {
     fn update(&mut self);
 }
 
-/// Index of the largest value (the first one on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// ε-greedy over the Q-values of the acting snapshot; records the chosen action's Q-value as
-/// behaviour data.
-pub struct EpsilonGreedyActor<A: Adder> {
+/// Acts with the newest published weights through a learner kind's [`Policy`] and hands every
+/// step to its adder, with the chosen action's value as behaviour data.
+pub struct PolicyActor<A: Adder> {
     source: Arc<VariableSource>,
     weights: Arc<Weights>,
     adder: A,
-    n_actions: usize,
-    epsilon: f32,
+    policy: Box<dyn Policy>,
+    level: f32,
     rng: ChaCha8Rng,
     obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
     obs: Tensor,
-    q: Tensor,
-    scratch: Scratch,
-    last_q: f32,
+    last_value: f32,
 }
 
 /// Seed tag of the actor's exploration stream.
 const RNG_STREAM: u64 = 0x0041_4354_4f52; // "ACTOR"
 
-impl<A: Adder> EpsilonGreedyActor<A> {
-    /// An actor over `n_actions` actions, seeded with `seed`. With `obs_stats`, every
+impl<A: Adder> PolicyActor<A> {
+    /// An actor acting through `policy`, seeded with `seed`. With `obs_stats`, every
     /// observation is folded into those shared running statistics (for the learner's
     /// normaliser).
     pub fn new(
         source: Arc<VariableSource>,
         adder: A,
-        n_actions: usize,
+        policy: Box<dyn Policy>,
         seed: u64,
         obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
     ) -> Self {
         let weights = source.latest();
-        let scratch = weights.snapshot.scratch();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(RNG_STREAM);
-        EpsilonGreedyActor {
+        PolicyActor {
             source,
             weights,
             adder,
-            n_actions,
-            epsilon: 1.0,
+            policy,
+            level: 1.0,
             rng,
             obs_stats,
             obs: Tensor::default(),
-            q: Tensor::default(),
-            scratch,
-            last_q: f32::NAN,
+            last_value: f32::NAN,
         }
     }
 
-    /// Sets the exploration rate.
-    pub fn set_epsilon(&mut self, epsilon: f32) {
-        self.epsilon = epsilon;
+    /// Sets the exploration level (see [`ActMode::Explore`]).
+    pub fn set_exploration(&mut self, level: f32) {
+        self.level = level;
     }
 
     /// Position of the exploration stream (saved with checkpoints for an exact resume).
@@ -112,29 +96,24 @@ impl<A: Adder> EpsilonGreedyActor<A> {
     }
 }
 
-impl<A: Adder> Actor for EpsilonGreedyActor<A> {
+impl<A: Adder> Actor for PolicyActor<A> {
     fn select_action(&mut self, obs: &[f32]) -> Result<Action> {
-        self.obs.resize(&[1, obs.len()]);
-        self.obs.data_mut().copy_from_slice(obs);
         if let Some(stats) = &self.obs_stats {
+            self.obs.resize(&[1, obs.len()]);
+            self.obs.data_mut().copy_from_slice(obs);
             stats
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .update(&self.obs)?;
         }
-        // Draw the coin first so the random stream does not depend on the network.
-        let explore = self.rng.random::<f32>() < self.epsilon;
-        let random_action = self.rng.random_range(0..self.n_actions);
-        self.weights
-            .snapshot
-            .forward(&self.obs, &mut self.q, &mut self.scratch)?;
-        let a = if explore {
-            random_action
-        } else {
-            argmax(self.q.data())
-        };
-        self.last_q = self.q.data().get(a).copied().unwrap_or(f32::NAN);
-        Ok(Action::Discrete(a as i64))
+        let acted = self.policy.act(
+            &self.weights.snapshot,
+            obs,
+            ActMode::Explore { level: self.level },
+            &mut self.rng,
+        )?;
+        self.last_value = acted.value;
+        Ok(acted.action)
     }
 
     fn observe_first(&mut self, obs: &[f32]) -> Result<()> {
@@ -142,7 +121,7 @@ impl<A: Adder> Actor for EpsilonGreedyActor<A> {
     }
 
     fn observe(&mut self, action: &Action, step: &Step) -> Result<bool> {
-        self.adder.add(action, Some(self.last_q), step)
+        self.adder.add(action, Some(self.last_value), step)
     }
 
     fn update(&mut self) {

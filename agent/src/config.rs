@@ -18,6 +18,7 @@ use crate::bounds::{
 };
 use crate::dqn::DqnConfig;
 use crate::error::{AgentError, Result};
+use crate::learners::{LearnerConfigs, LearnerSection};
 
 /// Everything a training run needs besides the environment ID.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +30,8 @@ pub struct TrainConfig {
     pub network: NetworkSection,
     /// The replay window and retention.
     pub replay: ReplaySection,
+    /// Which learner learns.
+    pub learner: LearnerSection,
     /// The value-based learner's hyper-parameters.
     pub dqn: DqnConfig,
 }
@@ -217,7 +220,15 @@ impl TrainConfig {
         self.run.validate()?;
         self.network.validate()?;
         self.replay.validate(self.dqn.batch_size)?;
+        self.learner.validate()?;
         self.dqn.validate()
+    }
+}
+
+impl TrainConfig {
+    /// Every learner's config section.
+    pub fn learners(&self) -> LearnerConfigs<'_> {
+        LearnerConfigs { dqn: &self.dqn }
     }
 }
 

@@ -27,14 +27,19 @@ use autodidact_core::{
     AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer, Snapshot,
     StepOutcome, Tensor,
 };
-use autodidact_replay::{NStep, ReplayError, SampleBatch, Sampler};
+use autodidact_envs::Space;
+use autodidact_replay::{ActionSpace, NStep, ReplayError, SampleBatch, Sampler};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::actor::argmax;
+use crate::config::NetworkSection;
 use crate::error::{AgentError, Result};
 use crate::learner::{Learner, LearnerMetrics, ReanalyseReport, UpdateReport};
+use crate::learners::{Horizon, LearnerConfigs, LearnerContext, LearnerKind, LearnerPlan};
+use crate::policy::argmax;
+use crate::policy::{Policy, QPolicy, discrete_actions};
+use crate::runtime::with_suffix;
 
 /// Hyper-parameters of [`DqnLearner`] and of the ε-greedy actor that goes with it, named as
 /// in the papers (and as Stable-Baselines3 names the ones it shares).
@@ -311,7 +316,9 @@ impl DqnLearner {
         precision: Precision,
     ) -> Result<Self> {
         cfg.validate()?;
-        let main = autodidact_core::load_checkpoint(&with_suffix(stem, ".safetensors"))?;
+        let main_file = with_suffix(stem, ".safetensors");
+        let main = autodidact_core::load_checkpoint(&main_file)?;
+        crate::learners::check_checkpoint_kind(&Dqn, &main.extra, &main_file)?;
         let online = main.network;
         check_q_head(online.config())?;
         let target =
@@ -437,13 +444,6 @@ fn check_q_head(cfg: &NetworkConfig) -> Result<()> {
             "the DQN learner needs a Q head (dueling_q or linear), not policy_value".into(),
         )),
     }
-}
-
-/// `stem` + `suffix` as a path (`checkpoints/step-1000` + `.safetensors`).
-pub(crate) fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
-    let mut s = stem.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 impl Learner for DqnLearner {
@@ -693,5 +693,132 @@ impl Learner for DqnLearner {
         report.mean_q = q_sum / n;
         report.mean_priority_before = c.prioritized.then_some(prio_sum / n);
         Ok(Some(report))
+    }
+}
+/// The DQN entry of the learner registry: discrete actions, a dueling Q-network, ε-greedy
+/// acting.
+pub struct Dqn;
+
+impl LearnerKind for Dqn {
+    fn name(&self) -> &'static str {
+        "dqn"
+    }
+
+    fn supports(&self, space: &Space) -> bool {
+        matches!(space, Space::Discrete { n } if *n >= 1)
+    }
+
+    fn needs(&self) -> &'static str {
+        "a discrete action space"
+    }
+
+    fn network(
+        &self,
+        net: &NetworkSection,
+        obs_dim: usize,
+        space: &Space,
+    ) -> Result<NetworkConfig> {
+        let n_actions = discrete_actions(space, "the DQN learner")?;
+        Ok(net.build(obs_dim, HeadConfig::DuelingQ { n_actions }))
+    }
+
+    fn action_space(&self, space: &Space) -> Result<ActionSpace> {
+        let n = discrete_actions(space, "the DQN learner")? as i64;
+        Ok(ActionSpace::Discrete { n })
+    }
+
+    fn policy(&self, space: &Space) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(QPolicy::new(discrete_actions(
+            space,
+            "the DQN learner",
+        )?)))
+    }
+
+    fn plan(&self, configs: LearnerConfigs<'_>) -> LearnerPlan {
+        let c = configs.dqn;
+        LearnerPlan {
+            learning_starts: c.learning_starts,
+            replay_ratio: c.replay_ratio,
+            publish_every: c.publish_every,
+            priority_alpha: if c.prioritized { c.per_alpha } else { 0.0 },
+            gamma: c.gamma,
+            lr: c.lr,
+            lr_final_ratio: c.lr_final_ratio,
+        }
+    }
+
+    fn planned_updates(&self, configs: LearnerConfigs<'_>, total_steps: u64) -> u64 {
+        configs.dqn.planned_updates(total_steps)
+    }
+
+    fn exploration(&self, configs: LearnerConfigs<'_>, steps: u64, horizon: Horizon) -> f32 {
+        let d = configs.dqn;
+        let (hi, lo) = (d.exploration_initial_eps, d.exploration_final_eps);
+        if steps < d.learning_starts {
+            return hi;
+        }
+        match horizon {
+            Horizon::Run { total } => d.epsilon(steps, total),
+            Horizon::Endless { span } => {
+                let t = (steps - d.learning_starts) as f64 / span.max(1) as f64;
+                hi + (lo - hi) * t.min(1.0) as f32
+            }
+        }
+    }
+
+    fn validate(&self, configs: LearnerConfigs<'_>) -> Result<()> {
+        configs.dqn.validate()
+    }
+
+    fn create(&self, ctx: LearnerContext<'_>) -> Result<Box<dyn Learner>> {
+        Ok(Box::new(DqnLearner::new(
+            ctx.configs.dqn.clone(),
+            ctx.network,
+            ctx.sampler,
+            ctx.seed,
+            ctx.planned_updates,
+            ctx.precision,
+        )?))
+    }
+
+    fn load(&self, ctx: LearnerContext<'_>, stem: &Path) -> Result<Box<dyn Learner>> {
+        let learner = DqnLearner::load(
+            ctx.configs.dqn.clone(),
+            stem,
+            ctx.sampler,
+            ctx.seed,
+            ctx.planned_updates,
+            ctx.precision,
+        )?;
+        if learner.network().config() != &ctx.network {
+            return Err(AgentError::RunDir {
+                path: stem.to_path_buf(),
+                reason: "the checkpoint's network differs from the configured one".into(),
+            });
+        }
+        Ok(Box::new(learner))
+    }
+
+    fn file_suffixes(&self) -> &'static [&'static str] {
+        &[".safetensors", ".target.safetensors"]
+    }
+
+    fn adopt(&self, network: &Network, stem: &Path) -> Result<()> {
+        check_q_head(network.config())?;
+        let extra = BTreeMap::from([
+            ("learner".to_string(), "dqn".to_string()),
+            ("dqn_updates".to_string(), "0".to_string()),
+            ("dqn_rng_word_pos".to_string(), "0".to_string()),
+        ]);
+        // The target first, as in `save`: a crash between the two leaves no main file.
+        let target = with_suffix(stem, ".target.safetensors");
+        autodidact_core::save_checkpoint(&target, network, None, &BTreeMap::new())?;
+        autodidact_core::save_checkpoint(
+            &with_suffix(stem, ".safetensors"),
+            network,
+            None,
+            &extra,
+        )?;
+        Ok(())
     }
 }

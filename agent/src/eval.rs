@@ -1,12 +1,15 @@
-//! Greedy evaluation: episodes without exploration, on the acting weights.
+//! Greedy evaluation: episodes without exploration, on the acting weights, through the learner
+//! kind's [`Policy`] (so it serves every learner).
 
-use autodidact_core::{Snapshot, Tensor};
-use autodidact_envs::{Action, Env, Space};
+use autodidact_core::Snapshot;
+use autodidact_envs::Env;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::actor::argmax;
-use crate::error::{AgentError, Result};
+use crate::error::Result;
 use crate::fault::{Fault, check_observation, check_step};
+use crate::policy::{ActMode, Policy};
 
 /// Returns of a greedy evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -43,47 +46,38 @@ impl EvalReport {
 /// limit (an `exec:` program, say), and an evaluation must end.
 pub const MAX_EVAL_EPISODE_STEPS: u64 = 100_000;
 
-/// Runs `episodes` greedy episodes of `env` with `snapshot`, seeding episode `j` with
-/// `seed + j`. An episode is cut after [`MAX_EVAL_EPISODE_STEPS`] steps.
+/// Runs `episodes` greedy episodes of `env` with `snapshot` acting through `policy`, seeding
+/// episode `j` with `seed + j`. An episode is cut after [`MAX_EVAL_EPISODE_STEPS`] steps.
 pub fn evaluate(
     env: &mut dyn Env,
+    policy: &mut dyn Policy,
     snapshot: &Snapshot,
     episodes: usize,
     seed: u64,
 ) -> Result<EvalReport> {
-    evaluate_capped(env, snapshot, episodes, seed, MAX_EVAL_EPISODE_STEPS)
+    evaluate_capped(
+        env,
+        policy,
+        snapshot,
+        episodes,
+        seed,
+        MAX_EVAL_EPISODE_STEPS,
+    )
 }
 
 /// [`evaluate`] with episodes cut after `max_steps` steps: a run judges its models on
 /// episodes as long as those it learns from (`replay.max_episode_steps`).
 pub fn evaluate_capped(
     env: &mut dyn Env,
+    policy: &mut dyn Policy,
     snapshot: &Snapshot,
     episodes: usize,
     seed: u64,
     max_steps: u64,
 ) -> Result<EvalReport> {
-    let Space::Discrete { n } = env.action_space().clone() else {
-        return Err(AgentError::Config(format!(
-            "greedy evaluation needs a discrete action space, the environment has {:?}",
-            env.action_space()
-        )));
-    };
-    if snapshot.config().head.out_dim() != n as usize {
-        return Err(AgentError::Config(format!(
-            "the model has {} outputs but the environment has {n} actions",
-            snapshot.config().head.out_dim()
-        )));
-    }
     let obs_dim = env.observation_space().flat_dim();
-    if snapshot.config().obs_dim != obs_dim {
-        return Err(AgentError::Config(format!(
-            "the model reads {} observation values but the environment gives {obs_dim}",
-            snapshot.config().obs_dim
-        )));
-    }
-    let mut scratch = snapshot.scratch();
-    let (mut obs_t, mut q) = (Tensor::zeros(&[1, obs_dim]), Tensor::default());
+    // Greedy acting draws nothing from it; the policy's signature asks for one.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut returns, mut lengths) = (Vec::with_capacity(episodes), Vec::new());
     for j in 0..episodes {
         let (mut obs, _) = env
@@ -92,13 +86,9 @@ pub fn evaluate_capped(
         let (mut ret, mut len) = (0.0, 0u64);
         loop {
             check_observation(&obs, obs_dim)?;
-            obs_t.data_mut().copy_from_slice(&obs);
-            snapshot.forward(&obs_t, &mut q, &mut scratch)?;
+            let acted = policy.act(snapshot, &obs, ActMode::Greedy, &mut rng)?;
             // A faulty step makes the episode's return meaningless: an error, never a figure.
-            let step = check_step(
-                env.step(&Action::Discrete(argmax(q.data()) as i64)),
-                obs_dim,
-            )?;
+            let step = check_step(env.step(&acted.action), obs_dim)?;
             ret += step.reward;
             len += 1;
             if step.done() || len >= max_steps {

@@ -6,7 +6,10 @@
 //! - [`learner::Learner`] samples replay, takes gradient steps and produces acting weights;
 //! - [`variable::VariableSource`] hands weights from the learner to actors atomically;
 //! - [`rate::RateLimiter`] holds actors and learner to the configured replay ratio;
-//! - [`train`] runs them together in a resumable run directory; [`dqn`] is the first learner.
+//! - [`policy::Policy`] turns acting weights into actions (exploring or greedy);
+//! - [`learners`] is the registry of learner kinds (`[learner] kind`); [`dqn`] is the first;
+//! - [`runtime`] is what `train` and the daemon share: the run directory and its checkpoints;
+//! - [`train`] runs them together in a resumable run directory.
 //!
 //! [`daemon`] is how an agent lives: actors acting with the champion, a learner cutting
 //! candidates, the evaluation [`gate`], [`drift`] detection and reflection passes, on one
@@ -28,8 +31,11 @@ pub mod eval;
 pub mod fault;
 pub mod gate;
 pub mod learner;
+pub mod learners;
+pub mod policy;
 pub mod rate;
 pub mod rollout;
+pub mod runtime;
 pub mod train;
 pub mod variable;
 

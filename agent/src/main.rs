@@ -313,7 +313,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         };
         let message = format!(
             "return {ret} loss {:.3} ε {:.2}{experts} v{}",
-            p.learner.loss, p.epsilon, p.model_version
+            p.learner.loss, p.exploration, p.model_version
         );
         let tenths = p.steps * 10 / p.total_steps.max(1);
         if log_lines && tenths > logged_tenths {
@@ -470,7 +470,17 @@ fn eval_command(a: EvalArgs) -> anyhow::Result<()> {
         autodidact_core::Snapshot::from_network(&loaded.network, autodidact_core::Precision::F32)?;
     let mut e = autodidact::fault::make_env(&env)
         .with_context(|| format!("cannot start environment `{env}` (see `autodidact envs`)"))?;
-    let report = autodidact::eval::evaluate(e.as_mut(), &snapshot, episodes, seed)
+    // The learner that wrote the checkpoint acts with it: its policy takes greedy actions.
+    let kind = autodidact::learners::of_checkpoint(&loaded.extra)
+        .with_context(|| format!("cannot tell which learner wrote {}", file.display()))?;
+    let mut policy = kind.policy(e.action_space()).with_context(|| {
+        format!(
+            "a {} model cannot act in `{env}` (its action space is {:?})",
+            kind.name(),
+            e.action_space()
+        )
+    })?;
+    let report = autodidact::eval::evaluate(e.as_mut(), policy.as_mut(), &snapshot, episodes, seed)
         .with_context(|| format!("evaluation in `{env}` failed"))?;
     let _ = e.close();
     if json {

@@ -102,7 +102,7 @@ pub fn rollout(
                     obs_t.resize(&[1, obs_dim]);
                     obs_t.data_mut().copy_from_slice(&obs);
                     s.forward(&obs_t, &mut q, &mut scratch)?;
-                    Action::Discrete(crate::actor::argmax(q.data()) as i64)
+                    Action::Discrete(crate::policy::argmax(q.data()) as i64)
                 }
             };
             let step = env.step(&action)?;

@@ -15,6 +15,7 @@ use crate::dqn::DqnConfig;
 use crate::drift::{DriftConfig, ReturnDropConfig};
 use crate::error::{AgentError, Result};
 use crate::gate::GateConfig;
+use crate::learners::{LearnerConfigs, LearnerSection};
 
 /// Everything the daemon needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,7 +29,9 @@ pub struct DaemonConfig {
     pub network: NetworkSection,
     /// The replay window and retention (bounded by default: the daemon runs for days).
     pub replay: ReplaySection,
-    /// The learner's hyper-parameters. The daemon decays the learning rate over
+    /// Which learner learns.
+    pub learner: LearnerSection,
+    /// The DQN learner's hyper-parameters. The daemon decays the learning rate over
     /// `daemon.lr_decay_updates` (and starts it again after a drift) instead of over a run's
     /// length, anneals ε over `daemon.exploration_steps` instead of `dqn.exploration_fraction`,
     /// and keeps prioritized replay's β at `dqn.per_beta0` (a run without end has no point to
@@ -52,6 +55,7 @@ impl Default for DaemonConfig {
                 max_stored_transitions: 1_000_000,
                 ..ReplaySection::default()
             },
+            learner: LearnerSection::default(),
             dqn: DqnConfig::default(),
             gate: GateConfig::default(),
             drift: DriftSection::default(),
@@ -264,7 +268,12 @@ impl DaemonConfig {
         c
     }
 
-    /// The precision actors act in.
+    /// Every learner's config section.
+    pub fn learners(&self) -> LearnerConfigs<'_> {
+        LearnerConfigs { dqn: &self.dqn }
+    }
+
+    /// Precision of the acting weights.
     pub fn precision(&self) -> Precision {
         self.daemon.acting_precision.into()
     }
@@ -286,6 +295,7 @@ impl DaemonConfig {
         self.http.validate(self.http_token().is_some())?;
         self.network.validate()?;
         self.replay.validate(self.dqn.batch_size)?;
+        self.learner.validate()?;
         if self.replay.max_stored_transitions == 0 {
             return bad(
                 "replay.max_stored_transitions",

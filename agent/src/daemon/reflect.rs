@@ -37,10 +37,12 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
     let version = shared.champion_version.load(Ordering::Relaxed);
     let mut batch = SampleBatch::with_capacity(n);
     let mut rng = ChaCha8Rng::seed_from_u64(shared.cfg.daemon.seed ^ steps);
-    match shared
-        .sampler
-        .sample_uniform(&mut rng, n, NStep::one(shared.cfg.dqn.gamma), &mut batch)
-    {
+    match shared.sampler.sample_uniform(
+        &mut rng,
+        n,
+        NStep::one(shared.dir.kind.plan(shared.cfg.learners()).gamma),
+        &mut batch,
+    ) {
         Err(ReplayError::Empty) => return Ok(None),
         r => r?,
     }
@@ -115,7 +117,8 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
 
     // 3. Routing of the champion by region.
     let champion_file = shared
-        .run_dir
+        .dir
+        .path
         .join(lock(&shared.champion_checkpoint).clone());
     // The champion may have been replaced (and its file pruned) since: then routing waits for
     // the next pass.
@@ -165,7 +168,7 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
 
     // 4. Where episodes fail.
     // With γ > 0, a one-step discount of 0 marks a terminated episode.
-    let gamma_ok = shared.cfg.dqn.gamma > 0.0;
+    let gamma_ok = shared.dir.kind.plan(shared.cfg.learners()).gamma > 0.0;
     let failed: Vec<Vec<f32>> = (0..rows)
         .filter(|&i| gamma_ok && batch.discounts[i] == 0.0)
         .map(|i| row(&batch.next_obs, i))

@@ -437,6 +437,39 @@ impl DqnLearner {
     }
 }
 
+impl DqnLearner {
+    /// Copies the sampled batch's observations into the network inputs and computes its
+    /// n-step double-Q targets into `bootstrap`: the online network picks the bootstrap
+    /// action, the target network values it (van Hasselt et al. 2016).
+    fn targets(&mut self, rows: usize) -> Result<()> {
+        let b = &self.batch;
+        let obs_len = b.obs_len;
+        self.obs.resize(&[rows, obs_len]);
+        self.obs
+            .data_mut()
+            .copy_from_slice(&b.obs[..rows * obs_len]);
+        self.next.resize(&[rows, obs_len]);
+        self.next
+            .data_mut()
+            .copy_from_slice(&b.next_obs[..rows * obs_len]);
+        self.best.clear();
+        if self.cfg.double_q {
+            let q_next = self.online.forward(&self.next, false)?;
+            self.best.extend((0..rows).map(|i| argmax(q_next.row(i))));
+        }
+        let q_next_target = self.target.forward(&self.next, false)?;
+        if !self.cfg.double_q {
+            self.best
+                .extend((0..rows).map(|i| argmax(q_next_target.row(i))));
+        }
+        self.bootstrap.clear();
+        self.bootstrap.extend(
+            (0..rows).map(|i| b.rewards[i] + b.discounts[i] * q_next_target.row(i)[self.best[i]]),
+        );
+        Ok(())
+    }
+}
+
 fn check_q_head(cfg: &NetworkConfig) -> Result<()> {
     match cfg.head {
         HeadConfig::DuelingQ { .. } | HeadConfig::Linear { .. } => Ok(()),
@@ -452,7 +485,7 @@ impl Learner for DqnLearner {
     }
 
     fn update(&mut self) -> Result<UpdateReport> {
-        let c = &self.cfg;
+        let c = self.cfg.clone();
         let (rows, n_actions) = (c.batch_size, self.online.config().head.out_dim());
         let progress = (self.updates as f64 / self.planned_updates.max(1) as f64).min(1.0);
 
@@ -478,32 +511,9 @@ impl Learner for DqnLearner {
             }
             Err(e) => return Err(e.into()),
         }
-        let b = &self.batch;
-        let obs_len = b.obs_len;
-        self.obs.resize(&[rows, obs_len]);
-        self.obs
-            .data_mut()
-            .copy_from_slice(&b.obs[..rows * obs_len]);
-        self.next.resize(&[rows, obs_len]);
-        self.next
-            .data_mut()
-            .copy_from_slice(&b.next_obs[..rows * obs_len]);
-
         // 2. n-step double-Q targets: the online network picks, the target network values.
-        self.best.clear();
-        if c.double_q {
-            let q_next = self.online.forward(&self.next, false)?;
-            self.best.extend((0..rows).map(|i| argmax(q_next.row(i))));
-        }
-        let q_next_target = self.target.forward(&self.next, false)?;
-        if !c.double_q {
-            self.best
-                .extend((0..rows).map(|i| argmax(q_next_target.row(i))));
-        }
-        self.bootstrap.clear();
-        self.bootstrap.extend(
-            (0..rows).map(|i| b.rewards[i] + b.discounts[i] * q_next_target.row(i)[self.best[i]]),
-        );
+        self.targets(rows)?;
+        let b = &self.batch;
 
         // 3. Importance-weighted Huber loss on the taken actions, plus the MoE aux losses.
         let q = self.online.forward(&self.obs, true)?;
@@ -618,7 +628,7 @@ impl Learner for DqnLearner {
     }
 
     fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {
-        let c = &self.cfg;
+        let c = self.cfg.clone();
         if !self.ready() || batches == 0 {
             return Ok(None);
         }
@@ -634,31 +644,8 @@ impl Learner for DqnLearner {
             // priorities would leave alone.
             self.sampler
                 .sample_uniform(&mut self.rng, rows, nstep, &mut self.batch)?;
+            self.targets(rows)?;
             let b = &self.batch;
-            let obs_len = b.obs_len;
-            self.obs.resize(&[rows, obs_len]);
-            self.obs
-                .data_mut()
-                .copy_from_slice(&b.obs[..rows * obs_len]);
-            self.next.resize(&[rows, obs_len]);
-            self.next
-                .data_mut()
-                .copy_from_slice(&b.next_obs[..rows * obs_len]);
-            self.best.clear();
-            if c.double_q {
-                let q_next = self.online.forward(&self.next, false)?;
-                self.best.extend((0..rows).map(|i| argmax(q_next.row(i))));
-            }
-            let q_next_target = self.target.forward(&self.next, false)?;
-            if !c.double_q {
-                self.best
-                    .extend((0..rows).map(|i| argmax(q_next_target.row(i))));
-            }
-            self.bootstrap.clear();
-            self.bootstrap.extend(
-                (0..rows)
-                    .map(|i| b.rewards[i] + b.discounts[i] * q_next_target.row(i)[self.best[i]]),
-            );
             let q = self.online.forward(&self.obs, false)?;
             self.prios.clear();
             for i in 0..rows {

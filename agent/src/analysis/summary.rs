@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use autodidact_replay::{ActionSpace, Inspector};
+use autodidact_replay::{ActionSpace, FileBytes, Inspector, Overview};
 use serde_json::json;
 
 use super::table::Table;
@@ -27,46 +27,7 @@ pub(crate) fn run(ins: &Inspector, as_json: bool, out: &mut dyn Write) -> anyhow
         .max_by(|a, b| a.1.total_cmp(&b.1));
 
     if as_json {
-        let runs: Vec<_> = o
-            .runs
-            .iter()
-            .map(|r| {
-                json!({
-                    "id": r.run.id,
-                    "env_id": r.run.spec.env_id,
-                    "obs_dims": r.run.spec.obs_dims,
-                    "obs_dtype": r.run.spec.obs_dtype.as_str(),
-                    "action_space": r.run.spec.action_space,
-                    "started_at": r.run.started_at,
-                    "episodes_total": r.stats.episodes_total,
-                    "episodes_kept": r.stats.episodes_kept,
-                    "transitions_total": r.stats.transitions_total,
-                    "transitions_kept": r.stats.transitions_kept,
-                    "bytes_kept": r.stats.bytes_kept,
-                    "mean_return": mean(r.stats.return_sum_kept, r.stats.episodes_kept),
-                    "best_return": r.best_return,
-                })
-            })
-            .collect();
-        let v = json!({
-            "path": ins.path(),
-            "schema_version": o.schema_version,
-            "file_bytes": bytes.main,
-            "wal_bytes": bytes.wal,
-            "first_time": o.first_time,
-            "last_time": o.last_time,
-            "runs": runs,
-            "episodes_kept": o.episodes_kept(),
-            "transitions_kept": o.transitions_kept(),
-            "models": {"total": o.models, "champion": o.champion,
-                       "candidates": o.candidates, "rejected": o.rejected},
-            "reflections": o.reflections_by_kind.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "best_return": best.map(|(run, r)| json!({"run_id": run, "return": r})),
-            "recent_returns": recent,
-            "recent_mean": recent_mean,
-        });
-        writeln!(out, "{v}")?;
-        return Ok(());
+        return write_json(ins, &o, &bytes, &recent, recent_mean, best, out);
     }
 
     let wal = if bytes.wal > 0 {
@@ -144,40 +105,97 @@ pub(crate) fn run(ins: &Inspector, as_json: bool, out: &mut dyn Write) -> anyhow
     }
     if !o.runs.is_empty() {
         writeln!(out)?;
-        let mut t = Table::new([
-            "run",
-            "env",
-            "obs",
-            "dtype",
-            "actions",
-            "episodes",
-            "transitions",
-            "mean return",
-            "best return",
-            "started (UTC)",
-        ]);
-        for r in &o.runs {
-            let actions = match r.run.spec.action_space {
-                ActionSpace::Discrete { n } => format!("discrete({n})"),
-                ActionSpace::Continuous { dim } => format!("box({dim})"),
-            };
-            t.row(vec![
-                r.run.id.to_string(),
-                r.run.spec.env_id.clone(),
-                format!("{:?}", r.run.spec.obs_dims),
-                r.run.spec.obs_dtype.as_str().to_string(),
-                actions,
-                r.stats.episodes_kept.to_string(),
-                r.stats.transitions_kept.to_string(),
-                mean(r.stats.return_sum_kept, r.stats.episodes_kept)
-                    .map_or("-".into(), |m| format!("{m:.2}")),
-                r.best_return.map_or("-".into(), |b| format!("{b:.2}")),
-                format_time(r.run.started_at),
-            ]);
-        }
-        t.print(out)?;
+        runs_table(&o).print(out)?;
     }
     Ok(())
+}
+
+/// `--json`: the summary as one JSON object.
+fn write_json(
+    ins: &Inspector,
+    o: &Overview,
+    bytes: &FileBytes,
+    recent: &[f64],
+    recent_mean: Option<f64>,
+    best: Option<(i64, f64)>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let runs: Vec<_> = o
+        .runs
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.run.id,
+                "env_id": r.run.spec.env_id,
+                "obs_dims": r.run.spec.obs_dims,
+                "obs_dtype": r.run.spec.obs_dtype.as_str(),
+                "action_space": r.run.spec.action_space,
+                "started_at": r.run.started_at,
+                "episodes_total": r.stats.episodes_total,
+                "episodes_kept": r.stats.episodes_kept,
+                "transitions_total": r.stats.transitions_total,
+                "transitions_kept": r.stats.transitions_kept,
+                "bytes_kept": r.stats.bytes_kept,
+                "mean_return": mean(r.stats.return_sum_kept, r.stats.episodes_kept),
+                "best_return": r.best_return,
+            })
+        })
+        .collect();
+    let v = json!({
+        "path": ins.path(),
+        "schema_version": o.schema_version,
+        "file_bytes": bytes.main,
+        "wal_bytes": bytes.wal,
+        "first_time": o.first_time,
+        "last_time": o.last_time,
+        "runs": runs,
+        "episodes_kept": o.episodes_kept(),
+        "transitions_kept": o.transitions_kept(),
+        "models": {"total": o.models, "champion": o.champion,
+                   "candidates": o.candidates, "rejected": o.rejected},
+        "reflections": o.reflections_by_kind.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "best_return": best.map(|(run, r)| json!({"run_id": run, "return": r})),
+        "recent_returns": recent,
+        "recent_mean": recent_mean,
+    });
+    writeln!(out, "{v}")?;
+    Ok(())
+}
+
+/// One row per run: its world, spaces and returns.
+fn runs_table(o: &Overview) -> Table {
+    let mut t = Table::new([
+        "run",
+        "env",
+        "obs",
+        "dtype",
+        "actions",
+        "episodes",
+        "transitions",
+        "mean return",
+        "best return",
+        "started (UTC)",
+    ]);
+    for r in &o.runs {
+        let actions = match r.run.spec.action_space {
+            ActionSpace::Discrete { n } => format!("discrete({n})"),
+            ActionSpace::Continuous { dim } => format!("box({dim})"),
+        };
+        t.row(vec![
+            r.run.id.to_string(),
+            r.run.spec.env_id.clone(),
+            format!("{:?}", r.run.spec.obs_dims),
+            r.run.spec.obs_dtype.as_str().to_string(),
+            actions,
+            r.stats.episodes_kept.to_string(),
+            r.stats.transitions_kept.to_string(),
+            mean(r.stats.return_sum_kept, r.stats.episodes_kept)
+                .map_or("-".into(), |m| format!("{m:.2}")),
+            r.best_return.map_or("-".into(), |b| format!("{b:.2}")),
+            format_time(r.run.started_at),
+        ]);
+    }
+    t
 }
 
 fn mean(sum: f64, n: i64) -> Option<f64> {

@@ -60,12 +60,19 @@ impl Shared {
         let version = self.register_candidate(&stem, model_metrics(steps, None, &m))?;
         drop(registering);
         self.gate_busy.store(true, Ordering::SeqCst);
-        gate.send(Candidate {
+        let sent = gate.send(Candidate {
             version,
             checkpoint: format!("{stem}.safetensors"),
             loss: m.loss,
-        })
-        .map_err(|_| AgentError::Panicked("gate"))
+        });
+        match sent {
+            Ok(()) => Ok(()),
+            // The gate ends as soon as the daemon stops, possibly while this candidate was
+            // being saved: it stays registered, unjudged, and the next start rejects it
+            // saying so.
+            Err(_) if self.stopping() => Ok(()),
+            Err(_) => Err(AgentError::Panicked("gate")),
+        }
     }
 
     /// Plays the candidate against the champion and promotes or rejects it.

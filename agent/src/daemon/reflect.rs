@@ -46,164 +46,13 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
         Err(ReplayError::Empty) => return Ok(None),
         r => r?,
     }
-    let d = batch.obs_len;
-    let rows = batch.len;
-    let row = |buf: &[f32], i: usize| buf[i * d..(i + 1) * d].to_vec();
-
-    // 1. Return trend.
-    let (previous, recent) = {
-        let b = lock(&shared.board);
-        let r: Vec<f64> = b.returns.iter().map(|x| x.1).collect();
-        let mean = |s: &[f64]| (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64);
-        let k = r.len();
-        (
-            mean(&r[k.saturating_sub(40)..k.saturating_sub(20)]),
-            mean(&r[k.saturating_sub(20)..]),
-        )
-    };
-    let trend = match (previous, recent) {
-        (Some(p), Some(r)) if r > p + 0.05 * p.abs().max(1.0) => "rising",
-        (Some(p), Some(r)) if r < p - 0.05 * p.abs().max(1.0) => "falling",
-        (Some(_), Some(_)) => "steady",
-        _ => "too few episodes to tell",
-    };
-
-    // 2. Feature statistics and regions.
-    let mut mean = vec![0f64; d];
-    let mut sq = vec![0f64; d];
-    for i in 0..rows {
-        for (j, &x) in batch.obs[i * d..(i + 1) * d].iter().enumerate() {
-            mean[j] += f64::from(x);
-            sq[j] += f64::from(x) * f64::from(x);
-        }
-    }
-    let std: Vec<f64> = (0..d)
-        .map(|j| {
-            mean[j] /= rows as f64;
-            (sq[j] / rows as f64 - mean[j] * mean[j]).max(0.0).sqrt()
-        })
-        .collect();
-    let mut by_spread: Vec<usize> = (0..d).filter(|&j| std[j] > 1e-9).collect();
-    by_spread.sort_by(|&a, &b| std[b].total_cmp(&std[a]));
-    by_spread.truncate(2);
-    let median = |j: usize| {
-        let mut v: Vec<f32> = (0..rows).map(|i| batch.obs[i * d + j]).collect();
-        v.sort_by(f32::total_cmp);
-        v[v.len() / 2]
-    };
-    let split: Vec<(usize, f32)> = by_spread.iter().map(|&j| (j, median(j))).collect();
-    let n_regions = 1usize << split.len();
-    let region_of = |o: &[f32]| {
-        split
-            .iter()
-            .fold(0usize, |r, &(j, m)| r * 2 + usize::from(o[j] >= m))
-    };
-    let labels: Vec<String> = (0..n_regions)
-        .map(|r| {
-            if split.is_empty() {
-                return "all".to_string();
-            }
-            split
-                .iter()
-                .enumerate()
-                .map(|(k, &(j, _))| {
-                    let bit = (r >> (split.len() - 1 - k)) & 1;
-                    format!("obs[{j}] {}", if bit == 1 { "high" } else { "low" })
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect();
-
-    // 3. Routing of the champion by region.
-    let champion_file = shared
-        .dir
-        .path
-        .join(lock(&shared.champion_checkpoint).clone());
-    // The champion may have been replaced (and its file pruned) since: then routing waits for
-    // the next pass.
-    let Ok(loaded) = load_checkpoint(&champion_file) else {
+    let (previous, recent, trend) = return_trend(shared);
+    let features = Features::of(&batch);
+    let gamma_ok = shared.dir.kind.plan(shared.cfg.learners()).gamma > 0.0;
+    let Some((experts_by_region, routing_words)) = routing(shared, &batch, &features)? else {
         return Ok(None);
     };
-    let mut net = loaded.network;
-    let mut x = Tensor::try_zeros(&[rows, d])?;
-    x.data_mut().copy_from_slice(&batch.obs[..rows * d]);
-    net.forward(&x, false)?;
-    let mut experts_by_region = Value::Null;
-    let mut routing_words = String::new();
-    if let Some(layer) = net.moe_layers().next() {
-        let (e, k) = (layer.config().n_experts, layer.config().top_k);
-        let assign = layer.last_assignments();
-        let mut counts = vec![vec![0f64; e]; n_regions];
-        let mut tokens = vec![0usize; n_regions];
-        for i in 0..rows {
-            let r = region_of(&batch.obs[i * d..(i + 1) * d]);
-            tokens[r] += 1;
-            for &a in &assign[i * k..(i + 1) * k] {
-                counts[r][a as usize] += 1.0;
-            }
-        }
-        let usage: Vec<Vec<f64>> = counts
-            .iter()
-            .zip(&tokens)
-            .map(|(c, &t)| c.iter().map(|&x| x / t.max(1) as f64).collect())
-            .collect();
-        let words: Vec<String> = usage
-            .iter()
-            .zip(&labels)
-            .zip(&tokens)
-            .filter(|(_, t)| **t > 0)
-            .map(|((u, l), _)| {
-                let (best, share) = u
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or((0, 0.0), |(i, s)| (i, *s));
-                format!("{l} → expert {best} ({:.0} %)", 100.0 * share / k as f64)
-            })
-            .collect();
-        routing_words = words.join("; ");
-        experts_by_region = json!({"regions": labels, "usage": usage, "tokens": tokens});
-    }
-
-    // 4. Where episodes fail.
-    // With γ > 0, a one-step discount of 0 marks a terminated episode.
-    let gamma_ok = shared.dir.kind.plan(shared.cfg.learners()).gamma > 0.0;
-    let failed: Vec<Vec<f32>> = (0..rows)
-        .filter(|&i| gamma_ok && batch.discounts[i] == 0.0)
-        .map(|i| row(&batch.next_obs, i))
-        .collect();
-    let mut failure = json!({"sampled": failed.len(), "of": rows});
-    let mut failure_words = format!("none of {rows} sampled transitions ended in failure");
-    if !failed.is_empty() {
-        let fail_mean: Vec<f64> = (0..d)
-            .map(|j| failed.iter().map(|o| f64::from(o[j])).sum::<f64>() / failed.len() as f64)
-            .collect();
-        let z: Vec<f64> = (0..d)
-            .map(|j| {
-                if std[j] > 1e-9 {
-                    (fail_mean[j] - mean[j]) / std[j]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let (fj, fz) = z
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-            .map_or((0, 0.0), |(j, v)| (j, *v));
-        failure["mean_final_obs"] = json!(fail_mean);
-        failure["most_distinct_feature"] = json!(fj);
-        failure["z"] = json!(fz);
-        failure_words = format!(
-            "{} of {rows} sampled transitions ended an episode, their states most unlike the \
-             rest in obs[{fj}] ({}, {:.1} sd from the mean)",
-            failed.len(),
-            if fz >= 0.0 { "high" } else { "low" },
-            fz.abs()
-        );
-    }
+    let (failure, failure_words) = failures(&batch, &features, gamma_ok);
 
     let trend_words = match (previous, recent) {
         (Some(p), Some(r)) => format!("return {p:.1} → {r:.1} ({trend})"),
@@ -226,4 +75,192 @@ pub(crate) fn lessons(shared: &Shared) -> Result<Option<(Value, String)>> {
         data["experts_by_region"] = experts_by_region;
     }
     Ok(Some((data, sentence)))
+}
+
+/// Step 1, the return trend: the mean of the last 20 episodes against the 20 before.
+fn return_trend(shared: &Shared) -> (Option<f64>, Option<f64>, &'static str) {
+    let (previous, recent) = {
+        let b = lock(&shared.board);
+        let r: Vec<f64> = b.returns.iter().map(|x| x.1).collect();
+        let mean = |s: &[f64]| (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64);
+        let k = r.len();
+        (
+            mean(&r[k.saturating_sub(40)..k.saturating_sub(20)]),
+            mean(&r[k.saturating_sub(20)..]),
+        )
+    };
+    let trend = match (previous, recent) {
+        (Some(p), Some(r)) if r > p + 0.05 * p.abs().max(1.0) => "rising",
+        (Some(p), Some(r)) if r < p - 0.05 * p.abs().max(1.0) => "falling",
+        (Some(_), Some(_)) => "steady",
+        _ => "too few episodes to tell",
+    };
+    (previous, recent, trend)
+}
+
+/// Step 2, feature statistics of a sample, and its regions: split at the median of the (at most)
+/// two features that vary most.
+struct Features {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    split: Vec<(usize, f32)>,
+    labels: Vec<String>,
+}
+
+impl Features {
+    fn of(batch: &SampleBatch) -> Features {
+        let (d, rows) = (batch.obs_len, batch.len);
+        let mut mean = vec![0f64; d];
+        let mut sq = vec![0f64; d];
+        for i in 0..rows {
+            for (j, &x) in batch.obs[i * d..(i + 1) * d].iter().enumerate() {
+                mean[j] += f64::from(x);
+                sq[j] += f64::from(x) * f64::from(x);
+            }
+        }
+        let std: Vec<f64> = (0..d)
+            .map(|j| {
+                mean[j] /= rows as f64;
+                (sq[j] / rows as f64 - mean[j] * mean[j]).max(0.0).sqrt()
+            })
+            .collect();
+        let mut by_spread: Vec<usize> = (0..d).filter(|&j| std[j] > 1e-9).collect();
+        by_spread.sort_by(|&a, &b| std[b].total_cmp(&std[a]));
+        by_spread.truncate(2);
+        let median = |j: usize| {
+            let mut v: Vec<f32> = (0..rows).map(|i| batch.obs[i * d + j]).collect();
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        };
+        let split: Vec<(usize, f32)> = by_spread.iter().map(|&j| (j, median(j))).collect();
+        let labels: Vec<String> = (0..1usize << split.len())
+            .map(|r| {
+                if split.is_empty() {
+                    return "all".to_string();
+                }
+                split
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(j, _))| {
+                        let bit = (r >> (split.len() - 1 - k)) & 1;
+                        format!("obs[{j}] {}", if bit == 1 { "high" } else { "low" })
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect();
+        Features {
+            mean,
+            std,
+            split,
+            labels,
+        }
+    }
+
+    fn regions(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn region_of(&self, o: &[f32]) -> usize {
+        self.split
+            .iter()
+            .fold(0usize, |r, &(j, m)| r * 2 + usize::from(o[j] >= m))
+    }
+}
+
+/// Step 3: which experts of the champion's first MoE layer serve each region (`Null` and no words
+/// for a network without one). `None`: the champion was replaced and its file pruned since;
+/// routing waits for the next pass.
+fn routing(shared: &Shared, batch: &SampleBatch, f: &Features) -> Result<Option<(Value, String)>> {
+    let (d, rows) = (batch.obs_len, batch.len);
+    let champion_file = shared
+        .dir
+        .path
+        .join(lock(&shared.champion_checkpoint).clone());
+    let Ok(loaded) = load_checkpoint(&champion_file) else {
+        return Ok(None);
+    };
+    let mut net = loaded.network;
+    let mut x = Tensor::try_zeros(&[rows, d])?;
+    x.data_mut().copy_from_slice(&batch.obs[..rows * d]);
+    net.forward(&x, false)?;
+    let Some(layer) = net.moe_layers().next() else {
+        return Ok(Some((Value::Null, String::new())));
+    };
+    let (e, k) = (layer.config().n_experts, layer.config().top_k);
+    let assign = layer.last_assignments();
+    let mut counts = vec![vec![0f64; e]; f.regions()];
+    let mut tokens = vec![0usize; f.regions()];
+    for i in 0..rows {
+        let r = f.region_of(&batch.obs[i * d..(i + 1) * d]);
+        tokens[r] += 1;
+        for &a in &assign[i * k..(i + 1) * k] {
+            counts[r][a as usize] += 1.0;
+        }
+    }
+    let usage: Vec<Vec<f64>> = counts
+        .iter()
+        .zip(&tokens)
+        .map(|(c, &t)| c.iter().map(|&x| x / t.max(1) as f64).collect())
+        .collect();
+    let words: Vec<String> = usage
+        .iter()
+        .zip(&f.labels)
+        .zip(&tokens)
+        .filter(|(_, t)| **t > 0)
+        .map(|((u, l), _)| {
+            let (best, share) = u
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or((0, 0.0), |(i, s)| (i, *s));
+            format!("{l} → expert {best} ({:.0} %)", 100.0 * share / k as f64)
+        })
+        .collect();
+    let data = json!({"regions": f.labels, "usage": usage, "tokens": tokens});
+    Ok(Some((data, words.join("; "))))
+}
+
+/// Step 4, where episodes fail: the sampled transitions that ended an episode (with γ > 0, a
+/// one-step discount of 0 marks a terminated one), and the feature their states differ most in.
+fn failures(batch: &SampleBatch, f: &Features, gamma_ok: bool) -> (Value, String) {
+    let (d, rows) = (batch.obs_len, batch.len);
+    let failed: Vec<&[f32]> = (0..rows)
+        .filter(|&i| gamma_ok && batch.discounts[i] == 0.0)
+        .map(|i| &batch.next_obs[i * d..(i + 1) * d])
+        .collect();
+    let mut failure = json!({"sampled": failed.len(), "of": rows});
+    if failed.is_empty() {
+        return (
+            failure,
+            format!("none of {rows} sampled transitions ended in failure"),
+        );
+    }
+    let fail_mean: Vec<f64> = (0..d)
+        .map(|j| failed.iter().map(|o| f64::from(o[j])).sum::<f64>() / failed.len() as f64)
+        .collect();
+    let z: Vec<f64> = (0..d)
+        .map(|j| {
+            if f.std[j] > 1e-9 {
+                (fail_mean[j] - f.mean[j]) / f.std[j]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let (fj, fz) = z
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .map_or((0, 0.0), |(j, v)| (j, *v));
+    failure["mean_final_obs"] = json!(fail_mean);
+    failure["most_distinct_feature"] = json!(fj);
+    failure["z"] = json!(fz);
+    let words = format!(
+        "{} of {rows} sampled transitions ended an episode, their states most unlike the rest          in obs[{fj}] ({}, {:.1} sd from the mean)",
+        failed.len(),
+        if fz >= 0.0 { "high" } else { "low" },
+        fz.abs()
+    );
+    (failure, words)
 }

@@ -296,6 +296,13 @@ impl Status {
                 let _ = writeln!(out, "autodidact_{name}{labels} {v}");
             }
         };
+        self.learning_metrics(&mut metric);
+        self.health_metrics(&mut metric);
+        out
+    }
+
+    /// Progress of acting, learning and the gate.
+    fn learning_metrics(&self, metric: &mut impl FnMut(&str, &str, &str, &[(&str, f64)])) {
         metric(
             "env_steps_total",
             "counter",
@@ -365,6 +372,10 @@ impl Status {
             "Exploration rate of the actors.",
             &[("", f64::from(self.epsilon))],
         );
+    }
+
+    /// Replay, reflections, experts, faults and health.
+    fn health_metrics(&self, metric: &mut impl FnMut(&str, &str, &str, &[(&str, f64)])) {
         metric(
             "replay_transitions",
             "gauge",
@@ -450,7 +461,6 @@ impl Status {
             "Resident memory of the process.",
             &[("", self.rss_mib)],
         );
-        out
     }
 }
 

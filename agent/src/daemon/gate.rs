@@ -15,7 +15,7 @@ use super::{Candidate, GATE_ATTEMPTS, GATE_STREAM, Pairs};
 use crate::error::{AgentError, Result};
 use crate::eval::evaluate_capped;
 use crate::fault::{self, Backoff, Fault};
-use crate::gate::{GateReport, compare, sanity_check};
+use crate::gate::{GateReport, compare, return_spread, sanity_check};
 use crate::learner::Learner;
 use crate::policy::Policy;
 use crate::runtime::run_dir::model_stem;
@@ -131,7 +131,8 @@ impl Shared {
                             }
                         };
                         snapshot = Some(snap);
-                        let mut r = compare(&cand, &champ, gate)?;
+                        let world = return_spread(lock(&self.board).returns.iter().map(|r| r.1));
+                        let mut r = compare(&cand, &champ, gate, world)?;
                         // Non-inferiority alone would let a chain of promotions each lose up to
                         // a margin: the candidate must also stay within one margin of the best
                         // level a champion showed since the start or the last drift.

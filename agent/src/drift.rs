@@ -13,7 +13,8 @@
 //! For returns the daemon uses [`ReturnDrop`], two adjacent windows compared for a fall: a
 //! Page-Hinkley detector that restarts after every rise (which is what learning looks like)
 //! spends its warm-ups blind, and a warm-up that spans a change inflates its unit until a
-//! later fall goes unseen. Page-Hinkley watches the observation features.
+//! later fall goes unseen. Page-Hinkley watches the observation features (the daemon feeds it
+//! each episode's first observation, which a learning policy cannot move).
 //!
 //! On drift, the daemon raises plasticity (documented in [`crate::daemon`]): exploration back
 //! up and the learning rate back to its initial value. This module only detects.
@@ -153,7 +154,9 @@ pub struct ReturnDropConfig {
     pub recent: usize,
     /// Episodes in the reference window (the ones before the recent window).
     pub reference: usize,
-    /// Smallest fall that counts, as a fraction of the reference mean's magnitude.
+    /// Smallest fall that counts, as a fraction of the world's return range (the 5th to 95th
+    /// percentile of the last [`RANGE_MEMORY`] returns): a scale the world shows, where the
+    /// reference mean's magnitude is not one (returns near 0, or negative).
     pub min_drop: f64,
     /// The fall must also exceed this many standard errors of the difference of means (with
     /// the reference window's spread).
@@ -171,18 +174,24 @@ impl Default for ReturnDropConfig {
     }
 }
 
+/// Returns a [`ReturnDrop`] remembers for the world's range (kept across alarms: the range is
+/// the world's, not a regime's).
+pub const RANGE_MEMORY: usize = 1000;
+
 /// A fall in a stream, as two adjacent windows see it: the mean of the last `recent` samples
 /// against the mean of the `reference` samples before them (in the spirit of ADWIN's two
-/// sub-windows, with fixed sizes). An alarm needs a fall of at least `min_drop` of the reference
-/// level *and* of `z` standard errors, so a learner's rising returns never alarm, a solved task
-/// failing now and then under exploration does not either, and a world that breaks the policy
-/// is seen `recent` episodes after the change. Unlike Page-Hinkley it has no warm-up whose
-/// scale a change could distort: the windows slide, and after an alarm both are emptied, so
-/// the next alarm compares against the changed world.
+/// sub-windows, with fixed sizes). An alarm needs a fall of at least `min_drop` of the world's
+/// return range *and* of `z` standard errors, so a learner's rising returns never alarm, a
+/// solved task failing now and then under exploration does not either, and a world that breaks
+/// the policy is seen `recent` episodes after the change. Both thresholds are in the world's own
+/// units, so one setting serves returns in [−1, 1], [0, 500] and [−500, 0]. Unlike
+/// Page-Hinkley it has no warm-up whose scale a change could distort: the windows slide, and
+/// after an alarm both are emptied, so the next alarm compares against the changed world.
 #[derive(Clone, Debug)]
 pub struct ReturnDrop {
     cfg: ReturnDropConfig,
     window: std::collections::VecDeque<f64>,
+    history: std::collections::VecDeque<f64>,
 }
 
 impl ReturnDrop {
@@ -191,6 +200,7 @@ impl ReturnDrop {
         ReturnDrop {
             cfg,
             window: std::collections::VecDeque::with_capacity(cfg.recent + cfg.reference),
+            history: std::collections::VecDeque::with_capacity(RANGE_MEMORY),
         }
     }
 
@@ -205,6 +215,10 @@ impl ReturnDrop {
             self.window.pop_front();
         }
         self.window.push_back(x);
+        if self.history.len() == RANGE_MEMORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(x);
         if self.window.len() < w + r.clamp(2, 20) {
             return None;
         }
@@ -222,7 +236,7 @@ impl ReturnDrop {
         // recent samples estimate it too poorly to be trusted (a calm streak would alarm).
         let se = (v_ref * (1.0 / n_ref + 1.0 / n_rec)).sqrt();
         let drop = m_ref - m_rec;
-        if drop > self.cfg.min_drop * m_ref.abs().max(1e-9) && drop > self.cfg.z * se {
+        if drop > self.cfg.min_drop * self.range() && drop > self.cfg.z * se {
             let after = self.window.len() as u64;
             self.window.clear();
             return Some(Drift {
@@ -236,7 +250,21 @@ impl ReturnDrop {
     }
 }
 
-/// One detector per observation feature, fed with per-episode feature means.
+impl ReturnDrop {
+    /// The world's return range: 5th to 95th percentile of the remembered returns.
+    fn range(&self) -> f64 {
+        let mut v: Vec<f64> = self.history.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        if v.is_empty() {
+            0.0
+        } else {
+            at(0.95) - at(0.05)
+        }
+    }
+}
+
+/// One detector per observation feature, fed with a per-episode statistic of each feature.
 #[derive(Clone, Debug)]
 pub struct ObsDrift {
     detectors: Vec<PageHinkley>,
@@ -347,6 +375,45 @@ mod tests {
             assert!(d.update(x).is_none(), "false alarm at {i}");
         }
         assert!(d.update(f64::NAN).is_none());
+    }
+
+    #[test]
+    fn return_drop_alarms_alike_whatever_the_worlds_scale() {
+        // One stream (learning, a plateau with stray failures, a broken world, a recovery),
+        // seen in [0, 500], [−500, 0] and [−1, 1]: the alarms fall on the same episodes.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let noise = Normal::new(0.0, 0.04).unwrap();
+        let mut stream = Vec::new();
+        for i in 0..300 {
+            stream.push((0.02 + i as f64 / 300.0 + noise.sample(&mut rng)).clamp(0.0, 1.0));
+        }
+        // A solved task that returns its best every time but for a failure every 70 episodes:
+        // the reference window is often flawless (no spread), so only the range says a single
+        // failure among ten is no change.
+        for i in 0..600 {
+            stream.push(if i % 70 == 7 { 0.25 } else { 1.0 });
+        }
+        for _ in 0..200 {
+            stream.push((0.5 + 4.0 * noise.sample(&mut rng)).clamp(0.0, 1.0));
+        }
+        for i in 0..300 {
+            stream.push((0.5 + i as f64 / 600.0 + noise.sample(&mut rng)).clamp(0.0, 1.0));
+        }
+        let alarms = |scale: f64, offset: f64| -> Vec<usize> {
+            let mut d = ReturnDrop::new(ReturnDropConfig::default());
+            stream
+                .iter()
+                .enumerate()
+                .filter_map(|(i, x)| d.update(x * scale + offset).map(|_| i))
+                .collect()
+        };
+        let base = alarms(500.0, 0.0);
+        assert!(
+            !base.is_empty() && base.iter().all(|&i| (900..920).contains(&i)),
+            "one alarm, soon after the world broke at 900: {base:?}"
+        );
+        assert_eq!(alarms(500.0, -500.0), base, "returns in [-500, 0]");
+        assert_eq!(alarms(2.0, -1.0), base, "returns in [-1, 1]");
     }
 
     #[test]

@@ -549,6 +549,16 @@ fn drift_is_detected_the_return_recovers_and_the_gate_rejects_broken_candidates(
         drift::held(s, &before)
     });
     let level = before.recent_return.unwrap();
+    // A stationary world raises at most one drift alarm per 100 k steps (issue 14): learning
+    // it, the agent's returns rise and the states it visits change, neither of which is a
+    // change of the world.
+    assert!(
+        before.drifts as f64 <= before.steps as f64 / 100_000.0,
+        "{} drift alarms in {} steps of an unchanged world: {:#?}",
+        before.drifts,
+        before.steps,
+        before.last_reflections
+    );
 
     // 2. The gate rejects a broken candidate outright, and a poor one on the evidence.
     let champion_file = run.join(&before.champion.checkpoint);

@@ -89,7 +89,7 @@ impl ActingControl for DaemonActing<'_> {
     ) -> Result<()> {
         self.shared.episodes.fetch_add(1, Ordering::Relaxed);
         self.shared
-            .on_episode(end.started_at, end.steps, end.ret, end.mean_abs_obs)
+            .on_episode(end.started_at, end.steps, end.ret, end.first_abs_obs)
     }
 
     fn stopping(&self) -> bool {

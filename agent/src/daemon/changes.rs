@@ -8,21 +8,24 @@ use crate::drift::Direction;
 use crate::error::Result;
 
 impl Shared {
-    /// Feeds an ended episode (begun at step `started_at`, ended at `steps`) to the board and
-    /// the drift detectors.
+    /// Feeds an ended episode (begun at step `started_at`, ended at `steps`, whose first
+    /// observation had the feature magnitudes `first_abs_obs`) to the board and the drift
+    /// detectors. The observation detectors watch first observations, not whole episodes: a
+    /// learning policy changes the states it visits (a balanced pole stays near upright), but
+    /// not where the world starts it, so a stationary world's learner raises no alarm.
     pub(crate) fn on_episode(
         &self,
         started_at: u64,
         steps: u64,
         ret: f64,
-        mean_abs_obs: &[f32],
+        first_abs_obs: &[f32],
     ) -> Result<()> {
         lock(&self.board).push_return(started_at, ret);
         let (ret_alarm, obs_alarms) = {
             let mut d = lock(&self.detectors);
             let r = d.returns.update(ret);
             let o = if self.cfg.drift.watch_observations {
-                d.obs.update(mean_abs_obs)
+                d.obs.update(first_abs_obs)
             } else {
                 Vec::new()
             };
@@ -75,7 +78,7 @@ impl Shared {
                 .iter()
                 .map(|(i, a)| {
                     format!(
-                        "mean |obs[{i}]| {} from {:.3} to {:.3}",
+                        "mean |obs[{i}]| at reset {} from {:.3} to {:.3}",
                         match a.direction {
                             Direction::Up => "rose",
                             Direction::Down => "fell",

@@ -190,8 +190,10 @@ impl Default for HttpSection {
 pub struct DriftSection {
     /// A fall in episode returns: the recent window against the reference window before it.
     pub returns: ReturnDropConfig,
-    /// Page-Hinkley on each observation feature's per-episode mean magnitude (mean |x|),
-    /// which sees a world that shakes harder as well as one that leans.
+    /// Page-Hinkley on each observation feature's magnitude |x| in each episode's first
+    /// observation: where the world starts an episode, which no policy moves, so learning
+    /// raises no alarm while a world that starts elsewhere (a sensor offset, a moved goal in
+    /// view) is seen.
     pub observations: DriftConfig,
     /// Watch observation statistics too (a fall in return is watched always).
     pub watch_observations: bool,

@@ -26,9 +26,11 @@ pub struct EpisodeEnd<'a> {
     pub ret: f64,
     /// Its length.
     pub len: u64,
-    /// The mean absolute value of each observation feature over the episode (drift
-    /// detection watches it).
+    /// The mean absolute value of each observation feature over the episode.
     pub mean_abs_obs: &'a [f32],
+    /// The absolute value of each feature of the episode's first observation (after reset):
+    /// a statistic of the world alone, whatever the policy does (drift detection watches it).
+    pub first_abs_obs: &'a [f32],
 }
 
 /// What a command decides about acting.
@@ -75,6 +77,7 @@ pub fn act(
     let mut backoff = Backoff::new(ctl.backoff_max());
     let mut obs_sum = vec![0f64; obs_dim];
     let mut mean_abs_obs = vec![0f32; obs_dim];
+    let mut first_abs_obs = vec![0f32; obs_dim];
     // A fault is never an error of this loop: it cuts the episode, waits, and resets, for as
     // long as the control lets it.
     let on_fault = |ctl: &mut dyn ActingControl, backoff: &mut Backoff, f, call, len| {
@@ -96,6 +99,9 @@ pub fn act(
             }
         };
         actor.observe_first(&obs)?;
+        for (f, &o) in first_abs_obs.iter_mut().zip(&obs) {
+            *f = o.abs();
+        }
         let started_at = ctl.steps();
         obs_sum.iter_mut().for_each(|s| *s = 0.0);
         let (mut obs, mut ret, mut len) = (obs, 0.0, 0u64);
@@ -140,6 +146,7 @@ pub fn act(
                     ret,
                     len,
                     mean_abs_obs: &mean_abs_obs,
+                    first_abs_obs: &first_abs_obs,
                 };
                 ctl.end_episode(env, actor, &end)?;
                 break;

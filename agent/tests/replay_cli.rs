@@ -132,7 +132,7 @@ fn make_db(dir: &Path, expert_stats: bool) -> (PathBuf, Vec<Ep>) {
         (
             "drift",
             None,
-            serde_json::json!({"kl": 0.3}),
+            serde_json::json!({"kl": 0.3, "steps": 40, "signal": "observations"}),
             "observations drifted",
         ),
         (
@@ -367,6 +367,10 @@ fn curve_renders_png_and_svg_with_markers_and_a_sparkline() {
     assert!(text.contains("run 1 (CartPole-v1): 30 episodes"), "{text}");
     assert!(text.contains("run 2 (Pendulum-v1): 5 episodes"), "{text}");
     assert!(text.contains("new model versions: v2 at step"), "{text}");
+    assert!(
+        text.contains("changes noticed and recalls: drift (observations) at step 40"),
+        "{text}"
+    );
     assert!(text.chars().any(|c| ('▁'..='█').contains(&c)), "{text}");
     let (w, h, colours, ink) = png_stats(&png_path);
     assert_eq!((w, h), (1000, 600));
@@ -380,6 +384,7 @@ fn curve_renders_png_and_svg_with_markers_and_a_sparkline() {
     assert!(svg.contains("environment steps"), "axis label missing");
     assert!(svg.contains("<polyline"), "no line drawn");
     assert!(svg.contains("\nv2\n</text>"), "no promotion marker label");
+    assert!(svg.contains("drift (observations)"), "no change mark");
 
     let err = fails(
         &db,

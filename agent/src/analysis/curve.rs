@@ -1,5 +1,7 @@
 //! `curve`: return against environment steps, one smoothed line per run, with a marker where
-//! each new model version started acting; a sparkline in the terminal and PNG/SVG images.
+//! each new model version started acting and a vertical line where the agent noticed a change
+//! of the world or recalled an earlier model (its `drift` and `recall` reflections); a
+//! sparkline in the terminal and PNG/SVG images.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -154,8 +156,39 @@ pub(crate) fn collect(
     Ok(out)
 }
 
+/// A moment the agent's reflections mark on the curve: (environment step, what happened).
+pub(crate) type Mark = (f64, String);
+
+/// Reflection kinds the curve marks: a change of the world noticed, a past model recalled.
+const MARKED_KINDS: [&str; 2] = ["drift", "recall"];
+
+/// The marks of the file's `drift` and `recall` reflections, oldest first; a reflection
+/// without a step in its data (written by another tool) is left out.
+pub(crate) fn collect_marks(ins: &Inspector) -> anyhow::Result<Vec<Mark>> {
+    if ins.schema_version() < 2 {
+        return Ok(Vec::new());
+    }
+    let view = ins.view()?;
+    let mut marks = Vec::new();
+    for kind in MARKED_KINDS {
+        view.for_each_reflection(Some(kind), |r| {
+            if let Some(step) = r.data.get("steps").and_then(serde_json::Value::as_f64) {
+                let label = match r.data.get("signal").and_then(serde_json::Value::as_str) {
+                    Some(signal) => format!("{kind} ({signal})"),
+                    None => kind.to_string(),
+                };
+                marks.push((step, label));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+    }
+    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(marks)
+}
+
 struct CurveFigure<'a> {
     curves: &'a [RunCurve],
+    marks: &'a [Mark],
     title: String,
     smooth: usize,
 }
@@ -190,6 +223,22 @@ impl Figure for CurveFigure<'_> {
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(err)?;
+        let red = RGBColor(200, 40, 40);
+        for (x, label) in self.marks {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(*x, y0 - pad), (*x, y1 + pad)],
+                    red.stroke_width(1),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (*x, y1 + pad),
+                    ("sans-serif", 12).into_font().color(&red),
+                )))
+                .map_err(err)?;
+        }
         for (i, c) in self.curves.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             chart
@@ -227,6 +276,7 @@ pub(crate) fn run(ins: &Inspector, a: &CurveArgs, out: &mut dyn Write) -> anyhow
         plot::format_of(p)?;
     }
     let curves = collect(ins, a.run, a.smooth)?;
+    let marks = collect_marks(ins)?;
     if curves.is_empty() {
         writeln!(out, "no episodes to plot yet; no image written")?;
         return Ok(());
@@ -255,12 +305,20 @@ pub(crate) fn run(ins: &Inspector, a: &CurveArgs, out: &mut dyn Write) -> anyhow
             writeln!(out, "  new model versions: {}", m.join(", "))?;
         }
     }
+    if !marks.is_empty() {
+        let m: Vec<String> = marks
+            .iter()
+            .map(|(x, label)| format!("{label} at step {x}"))
+            .collect();
+        writeln!(out, "changes noticed and recalls: {}", m.join(", "))?;
+    }
     let name = ins
         .path()
         .file_name()
         .map_or("replay".into(), |n| n.to_string_lossy().into_owned());
     let fig = CurveFigure {
         curves: &curves,
+        marks: &marks,
         title: format!("learning curve: {name}"),
         smooth: a.smooth.max(1),
     };

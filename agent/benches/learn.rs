@@ -15,6 +15,10 @@
 //! `final_return_min` included, are computed here from the runs in its own output file, which
 //! is deleted before it runs. `--quick`: two seeds, the MoE only, one peer seed per algorithm.
 //!
+//! Then SAC on Pendulum-v1 (20,000 steps, greedy evaluation of 10 episodes every 2,000 steps,
+//! solved at −200) against SB3's SAC with rl-baselines3-zoo's settings
+//! (`../shared/anchors/sb3_pendulum.py`), on the same conventions. `--no-pendulum` skips it.
+//!
 //! ```text
 //! cargo bench -p autodidact --bench learn [-- --seeds 5 --no-peer --quick]
 //! ```
@@ -94,6 +98,24 @@ impl Figures {
     }
 }
 
+impl Figures {
+    /// A peer's seeds from an anchor that records no `hyperparams` (sb3_pendulum.py): the
+    /// budget is `budget_steps` and each run's own training seconds.
+    fn from_sb3_runs(doc: &serde_json::Value, algo: &str, budget_steps: f64) -> Option<Figures> {
+        let mut f = Figures::default();
+        for r in doc["runs"].as_array()?.iter().filter(|r| r["algo"] == algo) {
+            let first = match &r["first_solved"] {
+                serde_json::Value::Null => None,
+                s => Some((s["env_steps"].as_f64()?, s["train_secs"].as_f64()?)),
+            };
+            let budget = (budget_steps, r["train_secs"].as_f64()?);
+            f.push(first, budget, r["final_eval_mean"].as_f64()?);
+            f.disturbed += usize::from(r["noisy"] == true || !r["aborted"].is_null());
+        }
+        (!f.steps.is_empty()).then_some(f)
+    }
+}
+
 /// Per network: name, its seeds' figures, active and total parameters.
 type Summary = (String, Figures, usize, usize);
 
@@ -140,19 +162,47 @@ fn wait_quiet() {
     }
 }
 
+/// A world the bench learns: where it is solved and how often it is evaluated.
+struct Task {
+    env: &'static str,
+    solved: f64,
+    eval_every: u64,
+    eval_episodes: u64,
+}
+
+const CARTPOLE: Task = Task {
+    env: "cartpole",
+    solved: SOLVED,
+    eval_every: 2500,
+    eval_episodes: 20,
+};
+
+/// Pendulum-v1 as the SB3 anchor evaluates it: every 2,000 steps, 10 greedy episodes, solved
+/// at a mean of −200.
+const PENDULUM: Task = Task {
+    env: "pendulum",
+    solved: -200.0,
+    eval_every: 2000,
+    eval_episodes: 10,
+};
+
 fn run_one(variant: &Variant, seed: u64, steps: u64) -> (Outcome, TrainReport) {
+    run_task(&CARTPOLE, variant, seed, steps)
+}
+
+fn run_task(task: &Task, variant: &Variant, seed: u64, steps: u64) -> (Outcome, TrainReport) {
     wait_quiet();
     let dir = tempfile::tempdir().expect("temporary run directory");
     let mut o = variant.overrides.clone();
     o.extend([
         format!("run.steps={steps}"),
         format!("run.seed={seed}"),
-        "run.eval_every=2500".to_string(),
-        "run.eval_episodes=20".to_string(),
+        format!("run.eval_every={}", task.eval_every),
+        format!("run.eval_episodes={}", task.eval_episodes),
     ]);
     let cfg = TrainConfig::load(None, &o).expect("bench config");
     let report = train(
-        RunSetup::fresh("cartpole", cfg, dir.path()).expect("run setup"),
+        RunSetup::fresh(task.env, cfg, dir.path()).expect("run setup"),
         Hooks {
             stop: Arc::new(AtomicBool::new(false)),
             on_progress: &mut |_| {},
@@ -163,7 +213,7 @@ fn run_one(variant: &Variant, seed: u64, steps: u64) -> (Outcome, TrainReport) {
     let first = report
         .evals
         .iter()
-        .find(|e| e.mean >= SOLVED)
+        .find(|e| e.mean >= task.solved)
         .map(|e| (e.steps, e.train_secs));
     let final_mean = report.final_eval.as_ref().map_or(f64::NAN, |e| e.mean);
     (
@@ -388,6 +438,10 @@ fn main() {
         }
     }
 
+    if autodidact::learners::by_name("sac").is_ok() && !flag("--no-pendulum") {
+        results.extend(pendulum(seeds, quick, flag("--no-peer")));
+    }
+
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let doc = serde_json::json!({
         "area": "learn",
@@ -442,7 +496,20 @@ fn mark_disturbed(results: &mut [serde_json::Value], peer: &str, disturbed: usiz
 /// otherwise) and returns what it wrote. Its output file is deleted first, so a file left by an
 /// earlier run is never read as this run's figures.
 fn run_peer(quick: bool) -> Option<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/sb3_cartpole.py");
+    run_anchor(
+        "sb3_cartpole.py",
+        "peer-sb3_cartpole.json",
+        quick.then_some("0"),
+    )
+}
+
+/// Runs the anchor script `name` from `../shared/anchors/` with `--out` into the bench
+/// directory (with `--seeds` `seeds`, space-separated, if given; its own default otherwise),
+/// deleting its old output first.
+fn run_anchor(name: &str, out_name: &str, seeds: Option<&str>) -> Option<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/anchors")
+        .join(name);
     let Some(py) = peer_python().filter(|_| script.exists()) else {
         println!(
             "\nSB3 peer skipped: set AUTODIDACT_PEER_PYTHON or create ~/.venvs/anchors \
@@ -450,7 +517,7 @@ fn run_peer(quick: bool) -> Option<serde_json::Value> {
         );
         return None;
     };
-    let out = target_dir().join("autodidact-bench/peer-sb3_cartpole.json");
+    let out = target_dir().join("autodidact-bench").join(out_name);
     std::fs::create_dir_all(out.parent().expect("parent")).expect("bench dir");
     match std::fs::remove_file(&out) {
         Ok(()) => {}
@@ -469,8 +536,8 @@ fn run_peer(quick: bool) -> Option<serde_json::Value> {
     );
     let mut cmd = Command::new(&py);
     cmd.arg(&script).arg("--out").arg(&out);
-    if quick {
-        cmd.args(["--seeds", "0"]);
+    if let Some(seeds) = seeds {
+        cmd.arg("--seeds").args(seeds.split_whitespace());
     }
     match cmd
         .current_dir(script.parent().expect("anchors dir"))
@@ -489,4 +556,105 @@ fn run_peer(quick: bool) -> Option<serde_json::Value> {
         println!("SB3 peer wrote no readable {}", out.display());
     }
     doc
+}
+
+/// SAC on Pendulum-v1 with the defaults a `Box` action space gets (20,000 steps, as
+/// rl-baselines3-zoo trains SB3's SAC), against `../shared/anchors/sb3_pendulum.py` run here.
+fn pendulum(seeds: u64, quick: bool, no_peer: bool) -> Vec<serde_json::Value> {
+    let budget = 20_000;
+    let ours = Variant {
+        name: "sac",
+        overrides: vec![],
+    };
+    println!(
+        "\n{:<20} {:>5} {:>12} {:>12} {:>12} {:>10}",
+        "pendulum (SAC)", "seed", "steps→-200", "secs→-200", "final mean", "steps/s"
+    );
+    let mut figs = Figures::default();
+    for seed in 0..seeds {
+        let (o, _) = run_task(&PENDULUM, &ours, seed, budget);
+        println!(
+            "{:<20} {:>5} {:>12} {:>12} {:>12.1} {:>10.0}",
+            "sac",
+            seed,
+            o.first.map_or("never".into(), |f| f.0.to_string()),
+            o.first.map_or("–".into(), |f| format!("{:.2}", f.1)),
+            o.final_mean,
+            o.steps_per_s
+        );
+        figs.push(o.first.map(|(s, t)| (s as f64, t)), o.budget, o.final_mean);
+    }
+    let peer = if no_peer {
+        None
+    } else {
+        // SB3's SAC takes about 7 minutes a seed here: two seeds (one with --quick) keep the
+        // whole bench near its 20-minute budget.
+        run_anchor(
+            "sb3_pendulum.py",
+            "peer-sb3_pendulum.json",
+            Some(if quick { "0" } else { "0 1" }),
+        )
+    };
+    let sac = peer
+        .as_ref()
+        .and_then(|d| Figures::from_sb3_runs(d, "sac", budget as f64));
+    println!(
+        "{:<20} {:>14} {:>14} {:>12} {:>8}",
+        "", "median steps", "median secs", "min final", "failed"
+    );
+    println!(
+        "{:<20} {:>14.0} {:>14.2} {:>12.1} {:>8}",
+        "autodidact sac",
+        median(&figs.steps),
+        median(&figs.secs),
+        figs.min_final(),
+        figs.failed_of()
+    );
+    if let Some(p) = &sac {
+        println!(
+            "{:<20} {:>14.0} {:>14.2} {:>12.1} {:>8}",
+            "sb3-sac",
+            median(&p.steps),
+            median(&p.secs),
+            p.min_final(),
+            p.failed_of()
+        );
+        println!(
+            "secs to -200: ours {:.2}, SB3 SAC {:.2} ({:.1}× ours)",
+            median(&figs.secs),
+            median(&p.secs),
+            median(&p.secs) / median(&figs.secs)
+        );
+    }
+    let peer_of = |f: fn(&Figures) -> f64| sac.as_ref().map(|p| ("sb3-sac", f(p), p.failed));
+    let mut rows = vec![
+        row(
+            "pendulum/steps_to_-200",
+            "steps",
+            true,
+            &figs.steps,
+            figs.failed,
+            peer_of(|p| median(&p.steps)),
+        ),
+        row(
+            "pendulum/seconds_to_-200",
+            "s",
+            true,
+            &figs.secs,
+            figs.failed,
+            peer_of(|p| median(&p.secs)),
+        ),
+        row(
+            "pendulum/final_return_min",
+            "return",
+            false,
+            &[figs.min_final()],
+            figs.failed,
+            peer_of(Figures::min_final),
+        ),
+    ];
+    if let Some(p) = &sac {
+        mark_disturbed(&mut rows, "sb3-sac", p.disturbed);
+    }
+    rows
 }

@@ -38,8 +38,8 @@
 //! the training forward pass computes nothing for it.
 //!
 //! Limit: the effective rank eigen-decomposes a Gram matrix of side `min(batch, d_model)` in
-//! f64 with the cyclic Jacobi method (`O(side³)` per sweep), so that side may be at most
-//! [`MAX_RANK_SIDE`] (1,024); beyond it, measure on a batch of at most 1,024 rows.
+//! f64 (`O(side³)`), so that side may be at most [`MAX_RANK_SIDE`] (1,024); beyond it,
+//! measure on a batch of at most 1,024 rows.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,13 +56,15 @@ pub const DEFAULT_DORMANT_TAU: f64 = 0.025;
 pub const DEFAULT_SRANK_DELTA: f64 = 0.01;
 
 /// The largest side of the Gram matrix the effective rank eigen-decomposes, i.e. the largest
-/// `min(rows, cols)` of a feature matrix [`singular_values`] accepts. The Jacobi method costs
-/// about `2·side³` multiply-adds per sweep: ~2·10⁹ at this size, seconds on one core.
+/// `min(rows, cols)` of a feature matrix [`singular_values`] accepts. Forming the Gram matrix
+/// and reducing it to tridiagonal form cost about `side³` multiply-adds each at most: ~10⁹
+/// at this size, around a second on one core.
 pub const MAX_RANK_SIDE: usize = 1024;
 
-/// Jacobi sweeps before giving up on convergence (cyclic Jacobi converges quadratically; ten
-/// sweeps are typical at the sizes allowed here).
-const MAX_JACOBI_SWEEPS: usize = 64;
+/// Bisection steps per eigenvalue: each halves an interval that starts at about twice the
+/// matrix's norm, so 128 steps reach the stopping width (a few ulps of the norm) with room
+/// to spare.
+const MAX_BISECTION_STEPS: usize = 128;
 
 /// How plasticity is measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -422,7 +424,8 @@ pub fn weight_distance(current: &impl Module, init: &impl Module) -> Result<Weig
 /// cols)` of them.
 ///
 /// They are the square roots of the eigenvalues of the smaller Gram matrix (`FᵀF` or `FFᵀ`),
-/// formed and eigen-decomposed in f64 by the cyclic Jacobi method. Squaring loses singular
+/// formed and eigen-decomposed in f64 (Householder tridiagonalisation, then bisection on
+/// Sturm sequences; no eigenvectors are formed). Squaring loses singular
 /// values below about 10⁻⁸ of the largest to rounding; for `srank_δ` with δ ≥ 10⁻⁶ that is
 /// far below what can change the result.
 ///
@@ -497,48 +500,125 @@ pub fn singular_values(features: &Tensor) -> Result<Vec<f64>> {
     Ok(sv)
 }
 
-/// Eigenvalues of the symmetric `n × n` row-major matrix `a` (destroyed), by cyclic Jacobi
-/// rotations until the off-diagonal mass is negligible against the whole.
+/// Eigenvalues of the symmetric `n × n` row-major matrix `a` (destroyed): Householder
+/// reduction to tridiagonal form (about `n³` multiply-adds), then each eigenvalue of the
+/// tridiagonal matrix by bisection on its Sturm sequence (`O(n)` per step, `O(n²)` in all).
+/// Bisection cannot fail to converge, and finds every eigenvalue to an absolute accuracy of
+/// a few ulps of the matrix's norm, which is all `srank` needs.
 fn symmetric_eigenvalues(a: &mut [f64], n: usize) -> Vec<f64> {
-    let total: f64 = a.iter().map(|v| v * v).sum();
-    for _ in 0..MAX_JACOBI_SWEEPS {
-        let mut off = 0.0f64;
-        for p in 0..n {
-            for q in p + 1..n {
-                off += a[p * n + q] * a[p * n + q];
+    let (d, e) = tridiagonalize(a, n);
+    tridiagonal_eigenvalues(&d, &e)
+}
+
+/// Reduces `a` to a symmetric tridiagonal matrix with the same eigenvalues by `n − 2`
+/// Householder reflections `H = I − β·v·vᵀ`, each applied to the trailing block as the
+/// rank-2 update `A ← A − v·qᵀ − q·vᵀ` with `p = β·A·v`, `q = p − (β·vᵀp/2)·v`. Returns the
+/// diagonal and the sub-diagonal.
+fn tridiagonalize(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut d = vec![0.0f64; n];
+    let mut e = vec![0.0f64; n.saturating_sub(1)];
+    let mut v = vec![0.0f64; n];
+    let mut p = vec![0.0f64; n];
+    for k in 0..n.saturating_sub(2) {
+        d[k] = a[k * n + k];
+        // Column k below the diagonal, read as row k (the matrix is symmetric).
+        let m = n - k - 1;
+        let x = &a[k * n + k + 1..(k + 1) * n];
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            e[k] = 0.0;
+            continue;
+        }
+        // Reflect x onto alpha·e₁, alpha signed against x₀ so v₀ = x₀ − alpha does not cancel.
+        let alpha = if x[0] > 0.0 { -norm } else { norm };
+        v[..m].copy_from_slice(x);
+        v[0] -= alpha;
+        let vtv: f64 = v[..m].iter().map(|x| x * x).sum();
+        let beta = 2.0 / vtv;
+        let off = k + 1;
+        for i in 0..m {
+            let row = &a[(off + i) * n + off..(off + i + 1) * n];
+            p[i] = beta * row.iter().zip(&v[..m]).map(|(a, v)| a * v).sum::<f64>();
+        }
+        let half = 0.5 * beta * v[..m].iter().zip(&p[..m]).map(|(v, p)| v * p).sum::<f64>();
+        for i in 0..m {
+            p[i] -= half * v[i];
+        }
+        for i in 0..m {
+            let (vi, qi) = (v[i], p[i]);
+            let row = &mut a[(off + i) * n + off..(off + i + 1) * n];
+            for ((r, &vj), &qj) in row.iter_mut().zip(&v[..m]).zip(&p[..m]) {
+                *r -= vi * qj + qi * vj;
             }
         }
-        if off <= 1e-30 * total || off == 0.0 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let (app, aqq) = (a[p * n + p], a[q * n + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                // The smaller rotation angle; for a huge θ, t ≈ 1/(2θ) (and 0 if θ overflows).
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-                a[p * n + q] = 0.0;
-                a[q * n + p] = 0.0;
-            }
-        }
+        e[k] = alpha;
     }
-    (0..n).map(|i| a[i * n + i]).collect()
+    if n >= 2 {
+        d[n - 2] = a[(n - 2) * n + n - 2];
+        e[n - 2] = a[(n - 2) * n + n - 1];
+    }
+    if n >= 1 {
+        d[n - 1] = a[(n - 1) * n + n - 1];
+    }
+    (d, e)
+}
+
+/// All eigenvalues of the symmetric tridiagonal matrix with diagonal `d` and sub-diagonal
+/// `e`, each found by bisection inside the Gershgorin interval: the number of eigenvalues
+/// below `x` is the number of negative pivots of the LDLᵀ factorisation of `T − x·I`
+/// (Sylvester's law of inertia).
+fn tridiagonal_eigenvalues(d: &[f64], e: &[f64]) -> Vec<f64> {
+    let n = d.len();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (i, &di) in d.iter().enumerate() {
+        let r = e.get(i).map_or(0.0, |v| v.abs())
+            + i.checked_sub(1)
+                .and_then(|j| e.get(j))
+                .map_or(0.0, |v| v.abs());
+        lo = lo.min(di - r);
+        hi = hi.max(di + r);
+    }
+    if n == 0 {
+        return Vec::new();
+    }
+    let scale = lo.abs().max(hi.abs());
+    let tol = 4.0 * f64::EPSILON * scale;
+    let (lo, hi) = (lo - tol, hi + tol);
+    // The smallest pivot allowed: a zero pivot is replaced by −pivmin, as LAPACK's dstebz does.
+    let pivmin = f64::MIN_POSITIVE * e.iter().map(|v| v * v).fold(1.0, f64::max);
+    let below = |x: f64| -> usize {
+        let mut count = 0;
+        let mut q = 1.0f64;
+        for i in 0..n {
+            let coupling = if i == 0 { 0.0 } else { e[i - 1] * e[i - 1] / q };
+            q = d[i] - x - coupling;
+            if q.abs() < pivmin {
+                q = -pivmin;
+            }
+            if q < 0.0 {
+                count += 1;
+            }
+        }
+        count
+    };
+    (0..n)
+        .map(|k| {
+            // The (k+1)-th smallest eigenvalue λ satisfies below(λ⁻) ≤ k < below(λ⁺).
+            let (mut a, mut b) = (lo, hi);
+            for _ in 0..MAX_BISECTION_STEPS {
+                let mid = 0.5 * (a + b);
+                if b - a <= tol || mid <= a || mid >= b {
+                    break;
+                }
+                if below(mid) > k {
+                    b = mid;
+                } else {
+                    a = mid;
+                }
+            }
+            0.5 * (a + b)
+        })
+        .collect()
 }
 
 /// `srank_δ` (Kumar et al. 2021): the smallest `k` such that the `k` largest of

@@ -282,6 +282,48 @@ fn singular_values_of_matrices_built_from_known_ones() {
     assert_eq!(srank(&sv, 0.01).unwrap(), 3, "{sv:?}");
 }
 
+/// Larger spectra, repeated values and degenerate shapes exercise the tridiagonal reduction
+/// and the bisection over many steps.
+#[test]
+fn singular_values_of_larger_and_degenerate_matrices() {
+    let distinct: Vec<f64> = (0..50).map(|i| 50.0 - i as f64).collect();
+    let repeated = [3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 0.0];
+    for (rows, cols, sigma, seed) in [
+        (120, 50, &distinct[..], 4),
+        (50, 120, &distinct[..], 5),
+        (30, 7, &repeated[..], 6),
+        (7, 9, &repeated[..], 7),
+    ] {
+        let f = with_singular_values(rows, cols, sigma, seed);
+        let sv = singular_values(&f).unwrap();
+        assert_eq!(sv.len(), rows.min(cols));
+        for (i, (got, want)) in sv.iter().zip(sigma).enumerate() {
+            // f32 storage of F limits the agreement to ~1e-6 of the largest value; a zero
+            // singular value comes back as the square root of a rounding error.
+            let tol = if *want == 0.0 { 2e-3 } else { 1e-5 * sigma[0] };
+            assert!(
+                (got - want).abs() < tol,
+                "{rows}×{cols}: σ_{i} = {got}, want {want}"
+            );
+        }
+    }
+    let one = |data: Vec<f32>, shape: &[usize]| {
+        singular_values(&Tensor::from_vec(data, shape).unwrap()).unwrap()
+    };
+    let sv = one(vec![-3.0], &[1, 1]);
+    assert!(sv.len() == 1 && (sv[0] - 3.0).abs() < 1e-12, "{sv:?}");
+    // A single row or column: its norm, √(1 + 4 + 4 + 16) = 5.
+    for shape in [[1, 4], [4, 1]] {
+        let sv = one(vec![1.0, 2.0, -2.0, 4.0], &shape);
+        assert_eq!(sv.len(), 1);
+        assert!((sv[0] - 5.0).abs() < 1e-12, "{sv:?}");
+    }
+    // [[3, 0], [4, 5]] has singular values √45 and √5.
+    let sv = one(vec![3.0, 0.0, 4.0, 5.0], &[2, 2]);
+    assert!((sv[0] - 45f64.sqrt()).abs() < 1e-12 && (sv[1] - 5f64.sqrt()).abs() < 1e-12);
+    assert_eq!(one(vec![0.0; 6], &[3, 2]), vec![0.0, 0.0]);
+}
+
 /// The final LayerNorm's output is forced to rank 3: a zero gain and bias on all but three
 /// features leaves those three columns, which vary independently across inputs.
 #[test]

@@ -10,8 +10,8 @@
 //!   `h_i` of hidden unit `i` of a layer with `H` units, the score is
 //!   `s_i = E_x|h_i(x)| / ((1/H) Σ_j E_x|h_j(x)|)`, the expectation taken over a batch of
 //!   inputs; the unit is τ-dormant when `s_i ≤ τ`. The default τ = 0.025
-//!   ([`DEFAULT_DORMANT_TAU`]) is the threshold ReDo used in the paper's value-based (DQN)
-//!   experiments; τ = 0 counts only units that are exactly silent on every input.
+//!   ([`DEFAULT_DORMANT_TAU`]) is ReDo's reference threshold; τ = 0 counts only units that
+//!   are exactly silent on every input.
 //! - **Effective rank** (Kumar, Agarwal, Ghosh & Levine 2021, "Implicit Under-Parameterization
 //!   Inhibits Data-Efficient Deep Reinforcement Learning", ICLR): `srank_δ(Φ)`, the smallest
 //!   `k` whose `k` largest singular values of the feature matrix `Φ` (one row per input) hold a
@@ -30,7 +30,7 @@
 //! dormant, and [`LayerDormancy::idle_experts`] says how many experts that was, so a caller
 //! can tell a collapsed router from dying units.
 //!
-//! GELU is not ReLU: its output is exactly 0 only for a pre-activation below about −5.4 (in
+//! GELU is not ReLU: its output is exactly 0 only for a pre-activation below about −5.5 (in
 //! this crate's f32 GELU), and slightly negative above; the score uses `|h|`, so a unit stuck
 //! in GELU's negative tail is dormant just as a dead ReLU is.
 //!
@@ -48,8 +48,8 @@ use crate::network::{BlockHidden, Network};
 use crate::param::{Module, Param};
 use crate::tensor::Tensor;
 
-/// The dormancy threshold τ used by default: ReDo's choice in Sokar et al. 2023's DQN
-/// experiments.
+/// The dormancy threshold τ used by default: ReDo's reference threshold (Sokar et al. 2023).
+/// Larger values (0.1) flag more weakly firing units; 0 only exactly silent ones.
 pub const DEFAULT_DORMANT_TAU: f64 = 0.025;
 
 /// The δ of `srank_δ` used by default, as in Kumar et al. 2021.

@@ -14,6 +14,8 @@
 //! - [`loss`], [`optim`]: losses (incl. SAC's entropy temperature), AdamW, clipping, the
 //!   non-finite step guard.
 //! - [`checkpoint`], [`precision`]: safetensors checkpoints; bf16/f16 snapshots for acting.
+//! - [`plasticity`]: dormant units, effective feature rank and distance from initialisation,
+//!   measured on demand by [`Network::measure_plasticity`].
 //! - [`limits`]: the documented bounds on every size a config may ask for.
 
 #![warn(missing_docs)]
@@ -30,6 +32,7 @@ pub mod network;
 pub mod normalizer;
 pub mod optim;
 pub mod param;
+pub mod plasticity;
 pub mod precision;
 pub mod tensor;
 
@@ -41,5 +44,6 @@ pub use network::{BlockConfig, HeadConfig, Network, NetworkConfig};
 pub use normalizer::ObsNormalizer;
 pub use optim::{AdamW, AdamWConfig, LrSchedule, StepOutcome};
 pub use param::{Module, Param};
+pub use plasticity::{PlasticityConfig, PlasticityReport};
 pub use precision::{ActingNet, Precision, Snapshot};
 pub use tensor::Tensor;

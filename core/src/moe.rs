@@ -361,6 +361,16 @@ impl MoeLayer {
         &self.top_e[..self.tokens * self.cfg.top_k]
     }
 
+    /// Hidden post-activations (GELU outputs) of expert `e` in the last forward pass:
+    /// `[n, d_hidden]` flattened, one row per assignment the expert processed (after
+    /// capacity), and `n`. `None` if `e` is out of range. Valid only right after a forward
+    /// pass: backward reuses the buffer for gradients.
+    pub(crate) fn expert_hidden(&self, e: usize) -> Option<(&[f32], usize)> {
+        let ws = self.ws.get(e)?;
+        let len = ws.n.checked_mul(self.cfg.d_hidden)?;
+        Some((ws.a.get(..len)?, ws.n))
+    }
+
     /// Router probabilities of the last forward pass, `[T, E]` flattened.
     pub fn last_router_probs(&self) -> &[f32] {
         &self.probs[..self.tokens * self.cfg.n_experts]

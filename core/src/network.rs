@@ -352,6 +352,14 @@ impl NetworkConfig {
     }
 }
 
+/// Where a block keeps its hidden post-activations after a forward pass.
+pub(crate) enum BlockHidden<'a> {
+    /// A dense block's GELU output, `[batch, d_hidden]`.
+    Dense(&'a Tensor),
+    /// An MoE block: each expert's rows are read with [`MoeLayer::expert_hidden`].
+    Moe(&'a MoeLayer),
+}
+
 /// The function a residual block applies. A network holds a handful of these, so the size
 /// difference between variants costs nothing worth a second indirection.
 #[derive(Clone, Debug)]
@@ -609,6 +617,12 @@ pub struct Network {
 
 impl Network {
     /// Builds the network, drawing initial weights from `seed`.
+    ///
+    /// Deterministic: every weight is drawn in a fixed order from one `ChaCha8Rng` seeded with
+    /// `seed` (no thread pool, clock or address is involved), so the same config and seed give
+    /// bit-identical weights on every run and platform for the pinned `rand`/`rand_chacha`
+    /// versions. That is what lets a caller rebuild the initial weights θ₀ for
+    /// [`crate::plasticity::weight_distance`] instead of keeping a copy (a test checks it).
     pub fn new(config: NetworkConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -773,6 +787,22 @@ impl Network {
             Ffn::Moe(m) => Some(m.as_ref()),
             Ffn::Dense { .. } => None,
         })
+    }
+
+    /// The hidden post-activations of every block from the last forward pass, in block
+    /// order, for [`crate::plasticity`]. Valid only right after a forward pass: a backward
+    /// pass reuses the dense blocks' activation buffers for gradients.
+    pub(crate) fn block_hidden(&self) -> impl Iterator<Item = BlockHidden<'_>> {
+        self.blocks.iter().map(|b| match &b.ffn {
+            Ffn::Moe(m) => BlockHidden::Moe(m.as_ref()),
+            Ffn::Dense { a, .. } => BlockHidden::Dense(a),
+        })
+    }
+
+    /// The features the head read in the last forward pass (the final LayerNorm's output,
+    /// `[batch, d_model]`), for [`crate::plasticity`].
+    pub(crate) fn head_features(&self) -> &Tensor {
+        &self.fin
     }
 
     /// Router statistics of every MoE layer from the last forward pass.

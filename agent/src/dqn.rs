@@ -24,8 +24,8 @@ use autodidact_core::loss::huber;
 use autodidact_core::optim::{copy_params, polyak_update};
 use autodidact_core::precision::Precision;
 use autodidact_core::{
-    AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer, Snapshot,
-    StepOutcome, Tensor,
+    AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer,
+    PlasticityConfig, Snapshot, StepOutcome, Tensor,
 };
 use autodidact_envs::Space;
 use autodidact_replay::{ActionSpace, NStep, ReplayError, SampleBatch, Sampler};
@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkSection;
 use crate::error::{AgentError, Result};
-use crate::learner::{Learner, LearnerMetrics, ReanalyseReport, UpdateReport};
+use crate::learner::{Learner, LearnerMetrics, PlasticitySummary, ReanalyseReport, UpdateReport};
 use crate::learners::{Horizon, LearnerConfigs, LearnerContext, LearnerKind, LearnerPlan};
 use crate::policy::argmax;
 use crate::policy::{Policy, QPolicy, discrete_actions};
@@ -255,6 +255,9 @@ pub struct DqnLearner {
     opt: AdamW,
     sampler: Sampler,
     rng: ChaCha8Rng,
+    /// The seed the online network was initialised with: θ₀ is rebuilt from it (and the
+    /// config) when plasticity is measured, rather than kept.
+    init_seed: u64,
     precision: Precision,
     planned_updates: u64,
     updates: u64,
@@ -271,6 +274,9 @@ pub struct DqnLearner {
     bootstrap: Vec<f32>,
     prios: Vec<f32>,
 }
+
+/// Seed tag of the stream plasticity measurements sample with.
+const PLASTICITY_STREAM: u64 = 0x0050_4c41_5354_4943; // "PLASTIC"
 
 /// Seed tag separating the learner's sampling stream from the other seeded streams.
 const RNG_STREAM: u64 = 0x004c_4541_524e_4552; // "LEARNER"
@@ -299,6 +305,7 @@ impl DqnLearner {
             opt,
             sampler,
             rng,
+            seed,
             precision,
             planned_updates,
             0,
@@ -356,6 +363,7 @@ impl DqnLearner {
             opt,
             sampler,
             rng,
+            seed,
             precision,
             planned_updates,
             updates,
@@ -370,6 +378,7 @@ impl DqnLearner {
         opt: AdamW,
         sampler: Sampler,
         rng: ChaCha8Rng,
+        init_seed: u64,
         precision: Precision,
         planned_updates: u64,
         updates: u64,
@@ -388,6 +397,7 @@ impl DqnLearner {
             opt,
             sampler,
             rng,
+            init_seed,
             precision,
             planned_updates,
             updates,
@@ -619,6 +629,29 @@ impl Learner for DqnLearner {
 
     fn metrics(&self) -> LearnerMetrics {
         self.metrics.clone()
+    }
+
+    fn plasticity(&mut self, samples: usize) -> Result<Option<PlasticitySummary>> {
+        if !self.ready() || samples == 0 {
+            return Ok(None);
+        }
+        // A stream of its own (seeded by the update count), so measuring never shifts the
+        // learner's sampling and a lockstep run stays bit-exact.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.init_seed ^ self.updates);
+        rng.set_stream(PLASTICITY_STREAM);
+        let mut batch = SampleBatch::with_capacity(samples);
+        self.sampler
+            .sample_uniform(&mut rng, samples, NStep::one(self.cfg.gamma), &mut batch)?;
+        let mut obs = Tensor::try_zeros(&[batch.len, batch.obs_len])?;
+        obs.data_mut()
+            .copy_from_slice(&batch.obs[..batch.len * batch.obs_len]);
+        let init = Network::new(self.online.config().clone(), self.init_seed)?;
+        let report =
+            self.online
+                .measure_plasticity(&obs, Some(&init), &PlasticityConfig::default())?;
+        let summary = PlasticitySummary::of(&report, self.updates);
+        self.metrics.plasticity = Some(summary);
+        Ok(Some(summary))
     }
 
     fn set_lr_scale(&mut self, scale: f32) {

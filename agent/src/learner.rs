@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use autodidact_core::{ObsNormalizer, Snapshot};
+use autodidact_core::{ObsNormalizer, PlasticityReport, Snapshot};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -41,6 +41,51 @@ pub struct LearnerMetrics {
     pub expert_usage: Vec<f64>,
     /// Mean router entropy of the first MoE layer, in nats (moving average).
     pub router_entropy: f32,
+    /// The last plasticity measurement ([`Learner::plasticity`]), if one was taken.
+    pub plasticity: Option<PlasticitySummary>,
+}
+
+/// The figures of a plasticity measurement a person watches over a long life: dead units, a
+/// collapsing representation, weights that wander (or freeze).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PlasticitySummary {
+    /// Updates when it was taken.
+    pub updates: u64,
+    /// Share of hidden units that are τ-dormant (Sokar et al. 2023).
+    pub dormant_ratio: f64,
+    /// srank_δ of the features the head reads (Kumar et al. 2021).
+    pub effective_rank: usize,
+    /// Their width.
+    pub feature_dim: usize,
+    /// ‖θ − θ₀‖ / ‖θ₀‖ of the acting network (`None` if the initial weights are unknown).
+    pub weight_distance: Option<f64>,
+}
+
+impl PlasticitySummary {
+    /// The summary of a core report taken after `updates` updates.
+    pub fn of(report: &PlasticityReport, updates: u64) -> Self {
+        PlasticitySummary {
+            updates,
+            dormant_ratio: report.dormant_ratio,
+            effective_rank: report.effective_rank,
+            feature_dim: report.feature_dim,
+            weight_distance: report.distance.as_ref().map(|d| d.relative),
+        }
+    }
+
+    /// One sentence, e.g. "2.0 % of hidden units dormant, effective rank 41 of 64 features,
+    /// weights 0.31 of their initial norm from it".
+    pub fn sentence(&self) -> String {
+        let distance = self.weight_distance.map_or(String::new(), |d| {
+            format!(", weights {d:.2} of their initial norm from it")
+        });
+        format!(
+            "{:.1} % of hidden units dormant, effective rank {} of {} features{distance}",
+            100.0 * self.dormant_ratio,
+            self.effective_rank,
+            self.feature_dim
+        )
+    }
 }
 
 /// What a reanalyse pass found: the stored transitions' TD errors under the newest weights.
@@ -83,6 +128,15 @@ pub trait Learner: Send {
     /// learner with nothing to reanalyse.
     fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {
         let _ = batches;
+        Ok(None)
+    }
+    /// Measures the acting network's plasticity on `samples` stored observations drawn
+    /// uniformly (dormant units, effective rank, distance from its initial weights; see
+    /// `autodidact_core::plasticity`), records it in [`Learner::metrics`] and returns it. Call
+    /// it between updates; it changes no weight and draws nothing from the learner's own random
+    /// stream. `None` for a learner that does not measure it, or while replay is empty.
+    fn plasticity(&mut self, samples: usize) -> Result<Option<PlasticitySummary>> {
+        let _ = samples;
         Ok(None)
     }
     /// Scales the learning rate relative to the configured one (the daemon lowers it as a

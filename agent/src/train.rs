@@ -37,7 +37,8 @@ pub use crate::runtime::{
     CONFIG_FILE, REPLAY_FILE, RunState, STATE_FILE, acting_checkpoint, check_stored_command,
 };
 use crate::runtime::{
-    RunDir, episode_seed, inside_run_dir, learner_pool, model_metrics, stored_counts, write_atomic,
+    RunDir, episode_seed, inside_run_dir, learner_pool, measure_plasticity, model_metrics,
+    stored_counts, write_atomic,
 };
 use crate::variable::VariableSource;
 
@@ -276,6 +277,7 @@ impl LearningControl for TrainLearning {
         loop {
             match self.requests.try_recv() {
                 Ok(Request::Save { stem, reply }) => {
+                    measure_plasticity(learner.as_mut());
                     let r = self
                         .shared
                         .publish(learner.as_mut())
@@ -366,6 +368,7 @@ impl LearnerHost {
     fn save(&mut self, stem: &Path, shared: &Shared) -> Result<(PathBuf, LearnerMetrics)> {
         match self {
             LearnerHost::Inline { learner, .. } => {
+                measure_plasticity(learner.as_mut());
                 shared.publish(learner.as_mut())?;
                 let f = learner.save(stem)?;
                 Ok((f, learner.metrics()))

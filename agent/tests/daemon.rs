@@ -171,12 +171,21 @@ fn sigterm_stops_within_the_bound_and_a_restart_resumes() {
     let addr = d.addr();
     let (code, body) = http_get(&addr, "/healthz", None).unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    let s = d.wait_for("a gate decision, a reanalyse and a lessons pass", |s| {
-        let k = kinds(s);
-        ["gate", "reanalyse", "lessons"]
-            .iter()
-            .all(|w| k.iter().any(|x| x == w))
-    });
+    let s = d.wait_for(
+        "a gate decision, a reanalyse, a plasticity and a lessons pass",
+        |s| {
+            let k = kinds(s);
+            ["gate", "reanalyse", "plasticity", "lessons"]
+                .iter()
+                .all(|w| k.iter().any(|x| x == w))
+        },
+    );
+    // Plasticity (issue 14): measured with every candidate, shown in /status and /metrics.
+    let p = &s["learner"]["plasticity"];
+    let dormant = p["dormant_ratio"].as_f64().unwrap_or(f64::NAN);
+    assert!((0.0..=1.0).contains(&dormant), "{s:#}");
+    assert!(p["effective_rank"].as_u64().unwrap() >= 1, "{s:#}");
+    assert!(p["weight_distance"].as_f64().unwrap() > 0.0, "{s:#}");
     assert_eq!(s["acting"], true);
     assert!(s["replay"]["transitions"].as_i64().unwrap() > 0, "{s:#}");
     let (code, metrics) = http_get(&addr, "/metrics", None).unwrap();
@@ -186,6 +195,9 @@ fn sigterm_stops_within_the_bound_and_a_restart_resumes() {
         "autodidact_champion_version ",
         "autodidact_gate_decisions_total{verdict=\"promoted\"} ",
         "autodidact_reflections_total{kind=\"lessons\"} ",
+        "autodidact_dormant_unit_ratio ",
+        "autodidact_effective_rank ",
+        "autodidact_weight_distance_from_init ",
         "# TYPE autodidact_env_steps_total counter",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
@@ -211,7 +223,7 @@ fn sigterm_stops_within_the_bound_and_a_restart_resumes() {
         assert!(store.integrity_check().unwrap().is_empty());
         let summary = store.summary().unwrap();
         assert_eq!(summary.runs[0].transitions_total as u64, steps_before);
-        for kind in ["gate", "reanalyse", "lessons"] {
+        for kind in ["gate", "reanalyse", "plasticity", "lessons"] {
             let r = store.reflections(Some(kind), 1).unwrap();
             assert!(!r.is_empty(), "no {kind} reflection");
             assert!(r[0].sentence.len() > 20, "{:?}", r[0]);

@@ -283,7 +283,33 @@ fn the_command_line_trains_evaluates_and_refuses_bad_input() {
         assert_eq!(usage.len(), 4);
         assert!((total - 1.0).abs() < 1e-6, "shares sum to 1: {total}");
     }
+    // ... and its plasticity (issue 14): dormant units, effective rank, distance from θ₀.
+    let last = &models.last().unwrap().metrics["plasticity"];
+    let dormant = last["dormant_ratio"].as_f64().unwrap();
+    let (rank, width) = (
+        last["effective_rank"].as_u64().unwrap(),
+        last["feature_dim"].as_u64().unwrap(),
+    );
+    let distance = last["weight_distance"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&dormant), "{last}");
+    assert!(rank >= 1 && rank <= width, "{last}");
+    assert!(
+        distance > 0.0 && distance.is_finite(),
+        "trained weights moved: {last}"
+    );
     drop(store);
+    let out = bin()
+        .arg("replay")
+        .arg(run_dir.join("replay.sqlite"))
+        .arg("plasticity")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("plasticity by model version"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(" / {width}")), "{text}");
 
     // eval on the run directory (the acting model) and on a checkpoint file.
     let e = json_of(bin().args(["eval", "--checkpoint"]).arg(&run_dir).args([

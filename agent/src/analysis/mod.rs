@@ -9,6 +9,7 @@ mod curve;
 mod episodes;
 mod experts;
 mod export;
+mod plasticity;
 mod plot;
 mod reflections;
 mod summary;
@@ -48,6 +49,9 @@ pub enum ReplayCommand {
     Experts(experts::ExpertsArgs),
     /// The reflection log.
     Reflections(reflections::ReflectionsArgs),
+    /// Dormant units, effective rank and distance from initialisation per model version:
+    /// whether the agent stays able to learn.
+    Plasticity(plasticity::PlasticityArgs),
     /// Transitions or episodes to CSV or JSON lines, streamed.
     Export(export::ExportArgs),
 }
@@ -62,6 +66,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         ReplayCommand::Curve(a) => curve::run(&ins, &a, &mut out),
         ReplayCommand::Experts(a) => experts::run(&ins, &a, &mut out),
         ReplayCommand::Reflections(a) => reflections::run(&ins, &a, &mut out),
+        ReplayCommand::Plasticity(a) => plasticity::run(&ins, &a, &mut out),
         ReplayCommand::Export(a) => export::run(&ins, &a, &mut out),
     };
     match result {

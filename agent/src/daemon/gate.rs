@@ -19,7 +19,7 @@ use crate::gate::{GateReport, compare, return_spread, sanity_check};
 use crate::learner::Learner;
 use crate::policy::Policy;
 use crate::runtime::run_dir::model_stem;
-use crate::runtime::{episode_seed, model_metrics};
+use crate::runtime::{episode_seed, measure_plasticity, model_metrics};
 
 impl Shared {
     /// Registers a saved checkpoint as a candidate (parent: the champion).
@@ -49,6 +49,7 @@ impl Shared {
         if let Some(stats) = &self.obs_stats {
             learner.set_obs_stats(&lock(stats).clone());
         }
+        measure_plasticity(learner);
         let m = learner.metrics();
         let registering = lock(&self.registering);
         let next = self

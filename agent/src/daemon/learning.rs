@@ -139,6 +139,23 @@ pub(crate) fn reflection_pass(shared: &Shared, learner: &Sender<LearnerRequest>)
             Ok(Err(e)) => return Err(e),
         }
     }
+    // The newest plasticity measurement (every candidate takes one), as a row of its own so the
+    // analysis tool can follow it over a long life.
+    let plasticity = lock(&shared.board).learner.plasticity;
+    if let Some(p) = plasticity {
+        let version = shared.champion_version.load(Ordering::Relaxed);
+        let steps = shared.steps.load(Ordering::Relaxed);
+        shared.reflect(
+            "plasticity",
+            Some(version),
+            serde_json::json!({"steps": steps, "plasticity": p}),
+            format!(
+                "plasticity at step {steps} (after {} updates): {}",
+                p.updates,
+                p.sentence()
+            ),
+        )?;
+    }
     if let Some((data, sentence)) = reflect::lessons(shared)? {
         let version = shared.champion_version.load(Ordering::Relaxed);
         shared.reflect("lessons", Some(version), data, sentence)?;

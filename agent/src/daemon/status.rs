@@ -407,6 +407,26 @@ impl Status {
             "Episodes acknowledged and not yet committed.",
             &[("", w.queued_episodes as f64)],
         );
+        if let Some(p) = &self.learner.plasticity {
+            metric(
+                "dormant_unit_ratio",
+                "gauge",
+                "Share of the learner's hidden units that are dormant (tau = 0.025, Sokar et al. 2023).",
+                &[("", p.dormant_ratio)],
+            );
+            metric(
+                "effective_rank",
+                "gauge",
+                "srank (delta = 0.01) of the features the learner's head reads (Kumar et al. 2021).",
+                &[("", p.effective_rank as f64)],
+            );
+            metric(
+                "weight_distance_from_init",
+                "gauge",
+                "|theta - theta0| / |theta0| of the learner's network.",
+                &[("", p.weight_distance.unwrap_or(f64::NAN))],
+            );
+        }
         metric(
             "learner_loss",
             "gauge",

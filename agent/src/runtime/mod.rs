@@ -18,4 +18,6 @@ pub use run_dir::{
     CONFIG_FILE, REPLAY_FILE, RunDir, RunLock, RunState, STATE_FILE, SavedModel, acting_checkpoint,
     check_stored_command, stored_counts, with_suffix,
 };
-pub(crate) use run_dir::{episode_seed, inside_run_dir, learner_pool, model_metrics, write_atomic};
+pub(crate) use run_dir::{
+    episode_seed, inside_run_dir, learner_pool, measure_plasticity, model_metrics, write_atomic,
+};

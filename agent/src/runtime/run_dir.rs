@@ -233,7 +233,21 @@ pub(crate) fn model_metrics(
         v["expert_usage"] = serde_json::json!(m.expert_usage);
         v["router_entropy"] = serde_json::json!(m.router_entropy);
     }
+    if let Some(p) = &m.plasticity {
+        v["plasticity"] = serde_json::json!(p);
+    }
     v
+}
+
+/// Stored observations a plasticity measurement looks at.
+pub const PLASTICITY_SAMPLES: usize = 512;
+
+/// Measures `learner`'s plasticity (into its metrics) before a checkpoint records them. A
+/// failed measurement costs the figures, never the checkpoint.
+pub fn measure_plasticity(learner: &mut dyn Learner) {
+    if let Err(e) = learner.plasticity(PLASTICITY_SAMPLES) {
+        tracing::warn!(error = %e, "plasticity not measured");
+    }
 }
 
 /// The checkpoint file a run directory currently acts with: its champion model version (or

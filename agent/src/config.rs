@@ -222,7 +222,8 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.run.validate()?;
         self.network.validate()?;
-        self.replay.validate(self.learner.batch_size(self.learners()))?;
+        self.replay
+            .validate(self.learner.batch_size(self.learners()))?;
         self.learner.validate()?;
         self.dqn.validate()?;
         self.sac.validate()

@@ -18,8 +18,8 @@ use crate::config::NetworkSection;
 use crate::dqn::DqnConfig;
 use crate::error::{AgentError, Result};
 use crate::learner::Learner;
-use crate::sac::SacConfig;
 use crate::policy::Policy;
+use crate::sac::SacConfig;
 
 /// Every learner autodidact has. The first whose [`LearnerKind::supports`] accepts a world's
 /// action space is the one `kind = "auto"` picks.

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::bounds::{self, MAX_ACTORS, MAX_EPISODES, MAX_LEAD_STEPS, MAX_STEPS, MAX_THREADS};
 use crate::config::{NetworkSection, PrecisionName, ReplaySection};
 use crate::dqn::DqnConfig;
-use crate::sac::SacConfig;
 use crate::drift::{DriftConfig, ReturnDropConfig};
 use crate::error::{AgentError, Result};
 use crate::gate::GateConfig;
 use crate::learners::{LearnerConfigs, LearnerSection};
+use crate::sac::SacConfig;
 
 /// Everything the daemon needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -303,7 +303,8 @@ impl DaemonConfig {
         self.daemon.validate()?;
         self.http.validate(self.http_token().is_some())?;
         self.network.validate()?;
-        self.replay.validate(self.learner.batch_size(self.learners()))?;
+        self.replay
+            .validate(self.learner.batch_size(self.learners()))?;
         self.learner.validate()?;
         if self.replay.max_stored_transitions == 0 {
             return bad(

@@ -306,6 +306,39 @@ fn dqn_and_sac_checkpoints_are_not_mistaken_for_each_other() {
         .to_string();
     assert!(err.contains("written by the dqn learner"), "{err}");
 
+    // An actor trained elsewhere is adopted with fresh critics and loads as a SAC learner;
+    // a DQN network is refused by SAC's adopt.
+    let pendulum = autodidact_envs::make("pendulum")
+        .unwrap()
+        .action_space()
+        .clone();
+    let sac_cfg = TrainConfig::load(None, &o).unwrap();
+    let actor = autodidact_core::load_checkpoint(
+        &autodidact::train::acting_checkpoint(sac_run.path())
+            .unwrap()
+            .0,
+    )
+    .unwrap()
+    .network;
+    let adopted = scratch.path().join("adopted");
+    Sac.adopt(&actor, &adopted).unwrap();
+    let ctx = context(&sac_cfg, &Sac, 3, pendulum, &store);
+    let learner = Sac.load(ctx, &adopted).unwrap();
+    assert_eq!(learner.metrics().updates, 0);
+    let dqn_net = autodidact_core::load_checkpoint(
+        &autodidact::train::acting_checkpoint(dqn_run.path())
+            .unwrap()
+            .0,
+    )
+    .unwrap()
+    .network;
+    let err = Sac
+        .adopt(&dqn_net, &scratch.path().join("no"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("linear head"), "{err}");
+
     // And `eval` of the SAC run plays it with SAC's policy, the DQN run with DQN's.
     for dir in [sac_run.path(), dqn_run.path()] {
         let out = bin()

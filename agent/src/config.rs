@@ -19,6 +19,7 @@ use crate::bounds::{
 use crate::dqn::DqnConfig;
 use crate::error::{AgentError, Result};
 use crate::learners::{LearnerConfigs, LearnerSection};
+use crate::sac::SacConfig;
 
 /// Everything a training run needs besides the environment ID.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -32,8 +33,10 @@ pub struct TrainConfig {
     pub replay: ReplaySection,
     /// Which learner learns.
     pub learner: LearnerSection,
-    /// The value-based learner's hyper-parameters.
+    /// The value-based learner's hyper-parameters (discrete actions).
     pub dqn: DqnConfig,
+    /// Soft Actor-Critic's hyper-parameters (continuous actions).
+    pub sac: SacConfig,
 }
 
 /// How actor and learner are scheduled.
@@ -219,16 +222,21 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.run.validate()?;
         self.network.validate()?;
-        self.replay.validate(self.dqn.batch_size)?;
+        self.replay
+            .validate(self.learner.batch_size(self.learners()))?;
         self.learner.validate()?;
-        self.dqn.validate()
+        self.dqn.validate()?;
+        self.sac.validate()
     }
 }
 
 impl TrainConfig {
     /// Every learner's config section.
     pub fn learners(&self) -> LearnerConfigs<'_> {
-        LearnerConfigs { dqn: &self.dqn }
+        LearnerConfigs {
+            dqn: &self.dqn,
+            sac: &self.sac,
+        }
     }
 }
 
@@ -312,7 +320,7 @@ impl ReplaySection {
             batch_size.max(1) as u64,
             MAX_REPLAY_CAPACITY,
         )
-        .map_err(|e| AgentError::Config(format!("{e} (the window must hold a dqn.batch_size)")))?;
+        .map_err(|e| AgentError::Config(format!("{e} (the window must hold a batch)")))?;
         bounds::int(
             "replay.max_stored_transitions",
             self.max_stored_transitions,

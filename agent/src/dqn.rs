@@ -757,6 +757,7 @@ impl LearnerKind for Dqn {
     fn plan(&self, configs: LearnerConfigs<'_>) -> LearnerPlan {
         let c = configs.dqn;
         LearnerPlan {
+            batch_size: c.batch_size,
             learning_starts: c.learning_starts,
             replay_ratio: c.replay_ratio,
             publish_every: c.publish_every,

@@ -19,16 +19,19 @@ use crate::dqn::DqnConfig;
 use crate::error::{AgentError, Result};
 use crate::learner::Learner;
 use crate::policy::Policy;
+use crate::sac::SacConfig;
 
 /// Every learner autodidact has. The first whose [`LearnerKind::supports`] accepts a world's
 /// action space is the one `kind = "auto"` picks.
-pub static KINDS: &[&dyn LearnerKind] = &[&crate::dqn::Dqn];
+pub static KINDS: &[&dyn LearnerKind] = &[&crate::dqn::Dqn, &crate::sac::Sac];
 
 /// The hyper-parameters of every learner, one section each, as a config file holds them.
 #[derive(Clone, Copy, Debug)]
 pub struct LearnerConfigs<'a> {
     /// `[dqn]`.
     pub dqn: &'a DqnConfig,
+    /// `[sac]`.
+    pub sac: &'a SacConfig,
 }
 
 /// How long the run the exploration schedule plans for is.
@@ -52,6 +55,8 @@ pub enum Horizon {
 /// reflection passes start from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LearnerPlan {
+    /// Transitions per update (the replay window must hold one batch).
+    pub batch_size: usize,
     /// Steps collected before the first update.
     pub learning_starts: u64,
     /// Gradient updates per environment step after that.
@@ -131,7 +136,7 @@ pub trait LearnerKind: Sync {
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerSection {
     /// A learner's name, or `auto`: the first learner that supports the world's action space
-    /// (DQN for a discrete one).
+    /// (DQN for a discrete one, SAC for a bounded `Box`).
     pub kind: String,
 }
 
@@ -150,6 +155,20 @@ impl LearnerSection {
             return Ok(());
         }
         by_name(&self.kind).map(|_| ())
+    }
+
+    /// The batch size the replay window must hold: the named learner's, or for `auto` the
+    /// smallest (the world, and so the learner, is not known yet; the learner waits for a
+    /// full batch either way).
+    pub fn batch_size(&self, configs: LearnerConfigs<'_>) -> usize {
+        match by_name(&self.kind) {
+            Ok(kind) => kind.plan(configs).batch_size,
+            Err(_) => KINDS
+                .iter()
+                .map(|k| k.plan(configs).batch_size)
+                .min()
+                .unwrap_or(1),
+        }
     }
 
     /// The learner for a world whose actions are in `space`.

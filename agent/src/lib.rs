@@ -36,6 +36,7 @@ pub mod policy;
 pub mod rate;
 pub mod rollout;
 pub mod runtime;
+pub mod sac;
 pub mod train;
 pub mod variable;
 

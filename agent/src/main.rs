@@ -27,10 +27,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train an agent: a Mixture-of-Experts Q-network acts in the environment, every step is
+    /// Train an agent: a Mixture-of-Experts network acts in the environment, every step is
     /// stored in `<run-dir>/replay.sqlite`, and a learner fine-tunes the network in the
-    /// background (Double DQN, dueling head, n-step returns, prioritized replay). Ctrl-C stops
-    /// cleanly; `--resume <run-dir>` continues.
+    /// background (Double DQN for discrete actions, Soft Actor-Critic for a bounded Box; see
+    /// `learner.kind`). Ctrl-C stops cleanly; `--resume <run-dir>` continues.
     Train(TrainArgs),
     /// Run the self-learning daemon: actors act with the champion model, a learner fine-tunes
     /// candidates in the background, an evaluation gate promotes only candidates that are not
@@ -71,7 +71,8 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
     /// Environment ID: `cartpole`, `gym:CartPole-v1`, `exec:python3 my_env.py`,
-    /// `tcp:127.0.0.1:7000`, … (see `autodidact envs`). Needs a discrete action space.
+    /// `tcp:127.0.0.1:7000`, … (see `autodidact envs`). Needs a discrete action space (DQN)
+    /// or a one-dimensional Box with finite bounds (SAC).
     #[arg(long, required_unless_present_any = ["resume", "print_config"])]
     env: Option<String>,
     /// Total environment steps of the run (default: `run.steps` of the config, 50000).

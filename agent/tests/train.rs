@@ -347,6 +347,9 @@ fn the_command_line_trains_evaluates_and_refuses_bad_input() {
                 "pendulum".into(),
                 "--run-dir".into(),
                 dir.path().join("p").display().to_string(),
+                // Pendulum's Box is SAC's; DQN, asked for by name, refuses it.
+                "--set".into(),
+                "learner.kind=dqn".into(),
             ],
             "discrete action space",
         ),

@@ -16,6 +16,7 @@ use crate::drift::{DriftConfig, ReturnDropConfig};
 use crate::error::{AgentError, Result};
 use crate::gate::GateConfig;
 use crate::learners::{LearnerConfigs, LearnerSection};
+use crate::sac::SacConfig;
 
 /// Everything the daemon needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct DaemonConfig {
     /// and keeps prioritized replay's β at `dqn.per_beta0` (a run without end has no point to
     /// anneal it to).
     pub dqn: DqnConfig,
+    /// Soft Actor-Critic's hyper-parameters (continuous actions); its exploration and
+    /// learning-rate schedules are those of `[dqn]`'s note: no ε schedule (the Gaussian
+    /// explores), the learning rate over `daemon.lr_decay_updates`.
+    pub sac: SacConfig,
     /// When a candidate may replace the champion.
     pub gate: GateConfig,
     /// Detecting a changed world, and what the daemon does about it.
@@ -57,6 +62,7 @@ impl Default for DaemonConfig {
             },
             learner: LearnerSection::default(),
             dqn: DqnConfig::default(),
+            sac: SacConfig::default(),
             gate: GateConfig::default(),
             drift: DriftSection::default(),
             reflection: ReflectionSection::default(),
@@ -272,7 +278,10 @@ impl DaemonConfig {
 
     /// Every learner's config section.
     pub fn learners(&self) -> LearnerConfigs<'_> {
-        LearnerConfigs { dqn: &self.dqn }
+        LearnerConfigs {
+            dqn: &self.dqn,
+            sac: &self.sac,
+        }
     }
 
     /// Precision of the acting weights.
@@ -296,7 +305,8 @@ impl DaemonConfig {
         self.daemon.validate()?;
         self.http.validate(self.http_token().is_some())?;
         self.network.validate()?;
-        self.replay.validate(self.dqn.batch_size)?;
+        self.replay
+            .validate(self.learner.batch_size(self.learners()))?;
         self.learner.validate()?;
         if self.replay.max_stored_transitions == 0 {
             return bad(
@@ -313,7 +323,8 @@ impl DaemonConfig {
         self.drift.validate()?;
         self.reflection.validate()?;
         self.gate.validate()?;
-        self.dqn.validate()
+        self.dqn.validate()?;
+        self.sac.validate()
     }
 }
 

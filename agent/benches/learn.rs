@@ -17,7 +17,9 @@
 //!
 //! Then SAC on Pendulum-v1 (20,000 steps, greedy evaluation of 10 episodes every 2,000 steps,
 //! solved at −200) against SB3's SAC with rl-baselines3-zoo's settings
-//! (`../shared/anchors/sb3_pendulum.py`), on the same conventions. `--no-pendulum` skips it.
+//! (`../shared/anchors/sb3_pendulum.py`), on the same conventions. `--only cartpole` or
+//! `--only pendulum` runs one section (each full section fits the 20-minute budget; both
+//! together take about half an hour); `--no-pendulum` is `--only cartpole`.
 //!
 //! ```text
 //! cargo bench -p autodidact --bench learn [-- --seeds 5 --no-peer --quick]
@@ -252,6 +254,15 @@ fn main() {
             .and_then(|v| v.parse::<u64>().ok())
     };
     let quick = flag("--quick");
+    // `--only cartpole` or `--only pendulum`: one section (each full section stays under the
+    // 20-minute budget; both together do not).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let cartpole_on = only.as_deref().is_none_or(|o| o == "cartpole");
+    let pendulum_on = only.as_deref().is_none_or(|o| o == "pendulum") && !flag("--no-pendulum");
     let seeds = value("--seeds").unwrap_or(if quick { 2 } else { 5 });
     let steps = value("--steps").unwrap_or(50_000);
 
@@ -271,7 +282,10 @@ fn main() {
         name: "moe",
         overrides: vec![],
     }];
-    if !quick {
+    if !cartpole_on {
+        variants.clear();
+    }
+    if !quick && cartpole_on {
         variants.push(Variant {
             name: "dense_equal_active",
             overrides: dense(d_hidden * top_k),
@@ -310,7 +324,7 @@ fn main() {
     }
 
     // The peer, in the same run.
-    let peer = if flag("--no-peer") {
+    let peer = if flag("--no-peer") || !cartpole_on {
         None
     } else {
         run_peer(quick)
@@ -438,7 +452,7 @@ fn main() {
         }
     }
 
-    if autodidact::learners::by_name("sac").is_ok() && !flag("--no-pendulum") {
+    if autodidact::learners::by_name("sac").is_ok() && pendulum_on {
         results.extend(pendulum(seeds, quick, flag("--no-peer")));
     }
 

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkSection;
 use crate::error::{AgentError, Result};
-use crate::learner::{Learner, LearnerMetrics, UpdateReport};
+use crate::learner::{Learner, LearnerMetrics, PlasticitySummary, UpdateReport};
 use crate::learners::{Horizon, LearnerConfigs, LearnerContext, LearnerKind, LearnerPlan};
 use crate::policy::{ActMode, Acted, Policy};
 use crate::runtime::with_suffix;
@@ -406,6 +406,9 @@ pub struct SacLearner {
     pi: SquashedGaussian,
     sampler: Sampler,
     rng: ChaCha8Rng,
+    /// The run's seed, which the actor was initialised with: θ₀ is rebuilt from it when
+    /// plasticity is measured.
+    init_seed: u64,
     precision: Precision,
     planned_updates: u64,
     updates: u64,
@@ -423,6 +426,9 @@ pub struct SacLearner {
     prios: Vec<f32>,
     scratch: ActorScratch,
 }
+
+/// Seed tag of the stream plasticity measurements sample with.
+const PLASTICITY_STREAM: u64 = 0x0050_4c41_5354_4943; // "PLASTIC"
 
 /// Seed tag of the learner's sampling and noise stream.
 const RNG_STREAM: u64 = 0x0053_4143_4c52; // "SACLR"
@@ -623,6 +629,7 @@ impl SacLearner {
             log_alpha,
             alpha_opt,
             sampler: ctx.sampler,
+            init_seed: ctx.seed,
             rng,
             precision: ctx.precision,
             planned_updates: ctx.planned_updates,
@@ -771,6 +778,30 @@ fn check_actor(cfg: &NetworkConfig, obs_dim: usize, a_dim: usize) -> Result<()> 
 }
 
 impl Learner for SacLearner {
+    fn plasticity(&mut self, samples: usize) -> Result<Option<PlasticitySummary>> {
+        if !self.ready() || samples == 0 {
+            return Ok(None);
+        }
+        // Its own stream, seeded by the update count: measuring never shifts the learner's.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.init_seed ^ self.updates);
+        rng.set_stream(PLASTICITY_STREAM);
+        let mut batch = SampleBatch::with_capacity(samples);
+        self.sampler
+            .sample_uniform(&mut rng, samples, NStep::one(self.cfg.gamma), &mut batch)?;
+        let mut obs = Tensor::try_zeros(&[batch.len, batch.obs_len])?;
+        obs.data_mut()
+            .copy_from_slice(&batch.obs[..batch.len * batch.obs_len]);
+        let init = Network::new(self.actor.config().clone(), self.init_seed)?;
+        let report = self.actor.measure_plasticity(
+            &obs,
+            Some(&init),
+            &autodidact_core::PlasticityConfig::default(),
+        )?;
+        let summary = PlasticitySummary::of(&report, self.updates);
+        self.metrics.plasticity = Some(summary);
+        Ok(Some(summary))
+    }
+
     fn ready(&self) -> bool {
         self.sampler.len() >= self.cfg.batch_size
     }

@@ -102,6 +102,18 @@ fn sac_learns_pendulum_in_a_short_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("pendulum"), "{text}");
+    // The actor's plasticity is recorded with every checkpoint, as DQN's is.
+    let out = bin()
+        .arg("replay")
+        .arg(&db)
+        .arg("plasticity")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("plasticity by model version"),
+        "{text}"
+    );
     let out = bin()
         .arg("replay")
         .arg(&db)

@@ -17,6 +17,7 @@ use crate::bounds::{
     MAX_REPLAY_CAPACITY, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
 use crate::dqn::DqnConfig;
+use crate::drift::{DriftConfig, ReturnDropConfig};
 use crate::error::{AgentError, Result};
 use crate::learners::{LearnerConfigs, LearnerSection};
 use crate::sac::SacConfig;
@@ -33,6 +34,8 @@ pub struct TrainConfig {
     pub replay: ReplaySection,
     /// Which learner learns.
     pub learner: LearnerSection,
+    /// Noticing that the world changed (train records it; see `crate::runtime::changes`).
+    pub drift: DriftSection,
     /// The value-based learner's hyper-parameters (discrete actions).
     pub dqn: DqnConfig,
     /// Soft Actor-Critic's hyper-parameters (continuous actions).
@@ -225,6 +228,7 @@ impl TrainConfig {
         self.replay
             .validate(self.learner.batch_size(self.learners()))?;
         self.learner.validate()?;
+        self.drift.validate()?;
         self.dqn.validate()?;
         self.sac.validate()
     }
@@ -409,6 +413,61 @@ pub(crate) fn apply_override(root: &mut toml::Table, kv: &str) -> Result<()> {
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+/// Drift detection and the plasticity raised on drift.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSection {
+    /// A fall in episode returns: the recent window against the reference window before it.
+    pub returns: ReturnDropConfig,
+    /// Page-Hinkley on each observation feature's magnitude |x| in each episode's first
+    /// observation: where the world starts an episode, which no policy moves, so learning
+    /// raises no alarm while a world that starts elsewhere (a sensor offset, a moved goal in
+    /// view) is seen.
+    pub observations: DriftConfig,
+    /// Watch observation statistics too (a fall in return is watched always).
+    pub watch_observations: bool,
+    /// On a fall in return, ε jumps to this value …
+    pub boost_epsilon: f32,
+    /// … and decays linearly back to the normal schedule over this many steps.
+    pub boost_steps: u64,
+    /// Also boost exploration when only the observation statistics moved (off by default:
+    /// a policy that improves moves them too).
+    pub boost_on_observations: bool,
+}
+
+impl Default for DriftSection {
+    fn default() -> Self {
+        DriftSection {
+            returns: ReturnDropConfig::default(),
+            observations: DriftConfig {
+                lambda: 100.0,
+                ..DriftConfig::default()
+            },
+            watch_observations: true,
+            boost_epsilon: 0.3,
+            boost_steps: 10_000,
+            boost_on_observations: false,
+        }
+    }
+}
+
+impl DriftSection {
+    /// Checks the `[drift]` keys against their ranges.
+    pub fn validate(&self) -> Result<()> {
+        bounds::real("drift.boost_epsilon", self.boost_epsilon.into(), 0.0, 1.0)?;
+        bounds::int("drift.boost_steps", self.boost_steps, 0, MAX_STEPS)?;
+        let r = &self.returns;
+        bounds::size("drift.returns.recent", r.recent, 1, MAX_EPISODES)?;
+        bounds::size("drift.returns.reference", r.reference, 2, MAX_EPISODES)?;
+        bounds::real("drift.returns.min_drop", r.min_drop, 0.0, 1e6)?;
+        bounds::real("drift.returns.z", r.z, 0.0, 1e6)?;
+        let c = &self.observations;
+        bounds::real("drift.observations.delta", c.delta, 0.0, 1e6)?;
+        bounds::real("drift.observations.lambda", c.lambda, 1e-9, 1e12)?;
+        bounds::size("drift.observations.warmup", c.warmup, 2, MAX_EPISODES)
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use autodidact_core::{HeadConfig, NetworkConfig, ObsNormalizer, Snapshot};
 use autodidact_envs::Env;
-use autodidact_replay::{ReplayStore, Run, WriterHandle, WriterOptions};
+use autodidact_replay::{NewReflection, ReplayStore, Run, WriterHandle, WriterOptions};
 use serde::Serialize;
 
 use crate::actor::PolicyActor;
@@ -31,6 +31,7 @@ use crate::learners::{Horizon, LearnerKind, LearnerPlan};
 use crate::policy::Policy;
 use crate::rate::{Admit, RateLimiter};
 use crate::runtime::acting::{ActingControl, EpisodeEnd, ReplayActor, act};
+use crate::runtime::changes::{ChangeWatch, Response, observation_drift, return_drift};
 use crate::runtime::learning::{LearningControl, learn};
 use crate::runtime::run_dir::model_stem;
 pub use crate::runtime::{
@@ -515,7 +516,15 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
     }
 
     let start_steps = ck.state.steps;
-    let mut ctl = TrainActing::new(c, kind, hooks, &mut host, &mut ck, kind.policy(&space)?);
+    let mut ctl = TrainActing::new(
+        c,
+        kind,
+        hooks,
+        &mut host,
+        &mut ck,
+        kind.policy(&space)?,
+        dir.obs_dim,
+    );
     let loop_result = act(env.as_mut(), &mut actor, dir.obs_dim, &mut ctl);
     let TrainActing {
         steps,
@@ -608,6 +617,8 @@ struct TrainActing<'a, 'c, 'h> {
     started: Instant,
     last_progress: Instant,
     interrupted: bool,
+    /// Drift detectors: `train` records each change it notices as a `drift` reflection.
+    watch: ChangeWatch,
 }
 
 impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
@@ -618,9 +629,11 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
         host: &'a mut LearnerHost,
         ck: &'a mut Checkpointer<'c>,
         eval_policy: Box<dyn Policy>,
+        obs_dim: usize,
     ) -> Self {
         let (steps, episodes) = (ck.state.steps, ck.state.episodes);
         TrainActing {
+            watch: ChangeWatch::new(&c.drift, obs_dim),
             next_checkpoint: (steps / c.run.checkpoint_every + 1) * c.run.checkpoint_every,
             next_eval: steps
                 .checked_div(c.run.eval_every)
@@ -659,6 +672,39 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
                 if *updates % self.ck.shared.publish_every == 0 {
                     self.ck.shared.publish(learner.as_mut())?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the drift detectors and records what they notice. `train` does not respond yet:
+    /// its exploration and learning rate follow the run's schedule. A reflection that cannot
+    /// be written is logged, never fatal.
+    fn notice(&mut self, end: &EpisodeEnd<'_>) -> Result<()> {
+        let noticed = self.watch.observe(end.ret, end.first_abs_obs);
+        let drift = &self.c.drift;
+        let mut rows = Vec::new();
+        if let Some(a) = &noticed.returns {
+            rows.push(return_drift(drift, end.steps, a, Response::default()));
+        }
+        if !noticed.observations.is_empty() {
+            rows.push(observation_drift(
+                drift,
+                end.steps,
+                &noticed.observations,
+                Response::default(),
+            ));
+        }
+        for (data, sentence) in rows {
+            tracing::info!(kind = "drift", "{sentence}");
+            let row = NewReflection {
+                kind: "drift".into(),
+                model_version: Some(self.ck.state.model_version),
+                data,
+                sentence,
+            };
+            if let Err(e) = self.ck.store.add_reflection(&row) {
+                tracing::warn!(error = %e, "could not record a drift reflection");
             }
         }
         Ok(())
@@ -793,6 +839,7 @@ impl ActingControl for TrainActing<'_, '_, '_> {
             self.recent.pop_front();
         }
         self.recent.push_back(end.ret);
+        self.notice(end)?;
         let c = self.c;
         if self.steps >= self.next_eval {
             self.next_eval = (self.steps / c.run.eval_every + 1) * c.run.eval_every;

@@ -608,3 +608,80 @@ fn a_learner_with_nothing_to_sample_does_not_hold_the_actor() {
         "the learner caught up on every update it was owed"
     );
 }
+
+/// A one-step world that pays 1 for either action for its first 150 episodes and 0 after: the
+/// world changes under the agent, whatever it does.
+struct PayoffCollapse {
+    obs: autodidact_envs::Space,
+    act: autodidact_envs::Space,
+    episodes: u64,
+}
+
+impl autodidact_envs::Env for PayoffCollapse {
+    fn observation_space(&self) -> &autodidact_envs::Space {
+        &self.obs
+    }
+    fn action_space(&self) -> &autodidact_envs::Space {
+        &self.act
+    }
+    fn reset(
+        &mut self,
+        _seed: Option<u64>,
+    ) -> autodidact_envs::Result<(Vec<f32>, autodidact_envs::Info)> {
+        Ok((vec![0.5], Default::default()))
+    }
+    fn step(
+        &mut self,
+        _a: &autodidact_envs::Action,
+    ) -> autodidact_envs::Result<autodidact_envs::Step> {
+        self.episodes += 1;
+        Ok(autodidact_envs::Step {
+            obs: vec![0.5],
+            reward: if self.episodes <= 150 { 1.0 } else { 0.0 },
+            terminated: true,
+            truncated: false,
+            info: Default::default(),
+        })
+    }
+}
+
+// Issue 14: `train` watches for change with the daemon's detectors and records what it notices.
+#[test]
+fn train_notices_a_change_of_the_world_and_records_it() {
+    autodidact_envs::register("payoff-collapse-v0", || {
+        Ok(Box::new(PayoffCollapse {
+            obs: autodidact_envs::Space::Box {
+                low: vec![0.0],
+                high: vec![1.0],
+                shape: vec![1],
+            },
+            act: autodidact_envs::Space::Discrete { n: 2 },
+            episodes: 0,
+        }) as Box<dyn autodidact_envs::Env>)
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = gridworld_overrides(300);
+    o.push("run.eval_every=0".into());
+    let cfg = TrainConfig::load(None, &o).unwrap();
+    let setup = RunSetup::fresh("payoff-collapse-v0", cfg, dir.path()).unwrap();
+    run_train(setup, Arc::new(AtomicBool::new(false)), false);
+    let store = ReplayStore::open_read_only(dir.path().join("replay.sqlite")).unwrap();
+    let drifts = store.reflections(Some("drift"), 10).unwrap();
+    let fall: Vec<_> = drifts
+        .iter()
+        .filter(|r| r.data["signal"] == "returns")
+        .collect();
+    assert_eq!(fall.len(), 1, "{drifts:#?}");
+    let at = fall[0].data["steps"].as_u64().unwrap();
+    assert!(
+        (151..=160).contains(&at),
+        "noticed at step {at}, within the 10-episode window after the change at 150"
+    );
+    assert!(
+        fall[0].sentence.contains("fell from 1.000 to")
+            && fall[0].sentence.contains("recorded only"),
+        "{}",
+        fall[0].sentence
+    );
+}

@@ -9,10 +9,10 @@ use std::path::Path;
 use autodidact_core::precision::Precision;
 use serde::{Deserialize, Serialize};
 
-use crate::bounds::{self, MAX_ACTORS, MAX_EPISODES, MAX_LEAD_STEPS, MAX_STEPS, MAX_THREADS};
+use crate::bounds::{self, MAX_ACTORS, MAX_LEAD_STEPS, MAX_STEPS, MAX_THREADS};
+pub use crate::config::DriftSection;
 use crate::config::{NetworkSection, PrecisionName, ReplaySection};
 use crate::dqn::DqnConfig;
-use crate::drift::{DriftConfig, ReturnDropConfig};
 use crate::error::{AgentError, Result};
 use crate::gate::GateConfig;
 use crate::learners::{LearnerConfigs, LearnerSection};
@@ -186,44 +186,6 @@ impl Default for HttpSection {
             header_read_timeout_s: 10.0,
             idle_timeout_s: 60.0,
             max_body_bytes: 64 << 10,
-        }
-    }
-}
-
-/// Drift detection and the plasticity raised on drift.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DriftSection {
-    /// A fall in episode returns: the recent window against the reference window before it.
-    pub returns: ReturnDropConfig,
-    /// Page-Hinkley on each observation feature's magnitude |x| in each episode's first
-    /// observation: where the world starts an episode, which no policy moves, so learning
-    /// raises no alarm while a world that starts elsewhere (a sensor offset, a moved goal in
-    /// view) is seen.
-    pub observations: DriftConfig,
-    /// Watch observation statistics too (a fall in return is watched always).
-    pub watch_observations: bool,
-    /// On a fall in return, ε jumps to this value …
-    pub boost_epsilon: f32,
-    /// … and decays linearly back to the normal schedule over this many steps.
-    pub boost_steps: u64,
-    /// Also boost exploration when only the observation statistics moved (off by default:
-    /// a policy that improves moves them too).
-    pub boost_on_observations: bool,
-}
-
-impl Default for DriftSection {
-    fn default() -> Self {
-        DriftSection {
-            returns: ReturnDropConfig::default(),
-            observations: DriftConfig {
-                lambda: 100.0,
-                ..DriftConfig::default()
-            },
-            watch_observations: true,
-            boost_epsilon: 0.3,
-            boost_steps: 10_000,
-            boost_on_observations: false,
         }
     }
 }
@@ -432,23 +394,6 @@ impl HttpSection {
             0,
             HTTP_MAX_BODY_BYTES,
         )
-    }
-}
-
-impl DriftSection {
-    /// Checks the `[drift]` keys against their ranges.
-    pub fn validate(&self) -> Result<()> {
-        bounds::real("drift.boost_epsilon", self.boost_epsilon.into(), 0.0, 1.0)?;
-        bounds::int("drift.boost_steps", self.boost_steps, 0, MAX_STEPS)?;
-        let r = &self.returns;
-        bounds::size("drift.returns.recent", r.recent, 1, MAX_EPISODES)?;
-        bounds::size("drift.returns.reference", r.reference, 2, MAX_EPISODES)?;
-        bounds::real("drift.returns.min_drop", r.min_drop, 0.0, 1e6)?;
-        bounds::real("drift.returns.z", r.z, 0.0, 1e6)?;
-        let c = &self.observations;
-        bounds::real("drift.observations.delta", c.delta, 0.0, 1e6)?;
-        bounds::real("drift.observations.lambda", c.lambda, 1e-9, 1e12)?;
-        bounds::size("drift.observations.warmup", c.warmup, 2, MAX_EPISODES)
     }
 }
 

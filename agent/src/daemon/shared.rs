@@ -13,19 +13,13 @@ use super::DaemonConfig;
 use super::status::{
     self, Board, ChampionStatus, FaultBoard, ReflectionLine, ReplayStatus, Status, WriterStatus,
 };
-use crate::drift::{ObsDrift, ReturnDrop};
 use crate::error::{AgentError, Result};
 use crate::fault::{self, Backoff, Fault};
 use crate::learners::Horizon;
 use crate::rate::RateLimiter;
+use crate::runtime::changes::{ChangeWatch, boosted_exploration};
 use crate::runtime::{RunDir, RunState};
 use crate::variable::VariableSource;
-
-/// Detectors fed at every episode end.
-pub(crate) struct Detectors {
-    pub(crate) returns: ReturnDrop,
-    pub(crate) obs: ObsDrift,
-}
 
 /// State shared by every part of the daemon.
 pub(crate) struct Shared {
@@ -70,7 +64,7 @@ pub(crate) struct Shared {
     pub(crate) prune_floor: AtomicI64,
     /// A champion just demoted by a promotion (0 = none), for the pruner.
     pub(crate) demoted: AtomicI64,
-    pub(crate) detectors: Mutex<Detectors>,
+    pub(crate) detectors: Mutex<ChangeWatch>,
     /// Environment faults of the actors (one slot each) and the gate (the last slot).
     pub(crate) faults: Mutex<FaultBoard>,
     pub(crate) obs_dim: usize,
@@ -231,15 +225,13 @@ impl Shared {
             .kind
             .exploration(self.cfg.learners(), u64::MAX, horizon);
         let at = self.boosted_at.load(Ordering::Relaxed);
-        if at == u64::MAX || steps < at {
-            return base;
-        }
-        let frac = 1.0 - (steps - at) as f64 / self.cfg.drift.boost_steps.max(1) as f64;
-        if frac <= 0.0 {
-            return base;
-        }
-        let boost = lo + (self.cfg.drift.boost_epsilon - lo) * frac as f32;
-        base.max(boost)
+        boosted_exploration(
+            &self.cfg.drift,
+            base,
+            lo,
+            (at != u64::MAX).then_some(at),
+            steps,
+        )
     }
 
     /// Stores a reflection and shows it on the board and in the log.

@@ -13,7 +13,7 @@ use autodidact_replay::{ModelStatus, ReplayStore, Run, WriterHandle, WriterOptio
 
 use super::checkpoints::verified_champion;
 use super::learning::{LearnerRequest, learner_loop, reflection_pass};
-use super::shared::{Detectors, Shared, lock};
+use super::shared::{Shared, lock};
 use super::status::{Board, FaultBoard};
 use super::{
     ACTOR_STREAM, Candidate, DAEMON_CONFIG_FILE, Daemon, DaemonConfig, DaemonOptions, ENDLESS_PLAN,
@@ -21,11 +21,11 @@ use super::{
 };
 use crate::actor::PolicyActor;
 use crate::adder::ReplayAdder;
-use crate::drift::{ObsDrift, ReturnDrop};
 use crate::error::{AgentError, Result};
 use crate::fault;
 use crate::learner::Learner;
 use crate::rate::RateLimiter;
+use crate::runtime::changes::ChangeWatch;
 use crate::runtime::with_suffix;
 use crate::runtime::{
     RunDir, RunState, STATE_FILE, episode_seed, inside_run_dir, learner_pool, model_metrics,
@@ -251,10 +251,7 @@ impl Shared {
             best_level: Mutex::new(None),
             prune_floor: AtomicI64::new(1),
             demoted: AtomicI64::new(0),
-            detectors: Mutex::new(Detectors {
-                returns: ReturnDrop::new(cfg.drift.returns),
-                obs: ObsDrift::new(obs_dim, cfg.drift.observations),
-            }),
+            detectors: Mutex::new(ChangeWatch::new(&cfg.drift, obs_dim)),
             faults: Mutex::new(FaultBoard::new(cfg.daemon.actors)),
             obs_dim,
             run_id: boot.run.id,

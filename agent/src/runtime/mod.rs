@@ -3,6 +3,8 @@
 //!
 //! - [`run_dir`]: the run directory — lock, store, spec, learner creation and loading through
 //!   the learner registry, checkpoint naming, saving and registration, the state file;
+//! - [`changes`]: noticing that the world changed (drift detectors) and the reflection that
+//!   records it;
 //! - [`acting`]: the actor loop (episodes, faults, replay), steered by an `ActingControl`;
 //! - [`learning`]: the learner loop (rate limit, updates, publication), steered by a
 //!   `LearningControl`.
@@ -11,6 +13,7 @@
 //! handling, reflection and HTTP around them.
 
 pub mod acting;
+pub mod changes;
 pub mod learning;
 pub mod run_dir;
 

@@ -1,0 +1,205 @@
+//! Noticing that the world changed, the same way in every command: a fall in episode returns
+//! ([`ReturnDrop`]) and observation statistics at reset that moved ([`ObsDrift`]), fed at
+//! every episode end, and the `drift` reflection that records each alarm and the response.
+//!
+//! What a command does about a change is its own: the daemon raises exploration (the learner
+//! kind's exploration level, lifted to `drift.boost_epsilon` and decaying over
+//! `drift.boost_steps`, [`boosted_exploration`]) and restarts its learning-rate decay; `train`
+//! records the change and, for now, does not respond (its learning rate and exploration follow
+//! the run's schedule).
+
+use serde_json::{Value, json};
+
+use crate::config::DriftSection;
+use crate::drift::{Direction, Drift, ObsDrift, ReturnDrop};
+
+/// The drift detectors of one run.
+#[derive(Clone, Debug)]
+pub struct ChangeWatch {
+    cfg: DriftSection,
+    returns: ReturnDrop,
+    obs: ObsDrift,
+}
+
+/// What an episode's end made the detectors see.
+#[derive(Clone, Debug, Default)]
+pub struct Noticed {
+    /// A fall in return.
+    pub returns: Option<Drift>,
+    /// Observation features whose magnitude at reset moved.
+    pub observations: Vec<(usize, Drift)>,
+}
+
+impl ChangeWatch {
+    /// Detectors for a world with `obs_dim` observation features.
+    pub fn new(cfg: &DriftSection, obs_dim: usize) -> Self {
+        ChangeWatch {
+            cfg: cfg.clone(),
+            returns: ReturnDrop::new(cfg.returns),
+            obs: ObsDrift::new(obs_dim, cfg.observations),
+        }
+    }
+
+    /// Feeds one ended episode: its return and the magnitudes of its first observation's
+    /// features (where the world started it, which no policy moves).
+    pub fn observe(&mut self, ret: f64, first_abs_obs: &[f32]) -> Noticed {
+        let returns = self.returns.update(ret);
+        let observations = if self.cfg.watch_observations {
+            self.obs.update(first_abs_obs)
+        } else {
+            Vec::new()
+        };
+        Noticed {
+            returns,
+            observations,
+        }
+    }
+}
+
+/// The exploration level at `steps` when the schedule gives `base` (and `floor` at its end)
+/// and exploration was last boosted at step `boosted_at`: the larger of the schedule and a
+/// boost that starts at `drift.boost_epsilon` and decays linearly to the floor over
+/// `drift.boost_steps`.
+pub fn boosted_exploration(
+    cfg: &DriftSection,
+    base: f32,
+    floor: f32,
+    boosted_at: Option<u64>,
+    steps: u64,
+) -> f32 {
+    let Some(at) = boosted_at.filter(|&at| steps >= at) else {
+        return base;
+    };
+    let frac = 1.0 - (steps - at) as f64 / cfg.boost_steps.max(1) as f64;
+    if frac <= 0.0 {
+        return base;
+    }
+    base.max(floor + (cfg.boost_epsilon - floor) * frac as f32)
+}
+
+/// How a command responded to a change, for its reflection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Response {
+    /// Exploration raised to `drift.boost_epsilon` for `drift.boost_steps`.
+    pub exploration: bool,
+    /// The learning rate started again from this value, decaying over this many updates.
+    pub learning_rate: Option<(f32, u64)>,
+}
+
+impl Response {
+    fn words(&self, cfg: &DriftSection) -> String {
+        let mut w = Vec::new();
+        if self.exploration {
+            w.push(format!(
+                "exploration raised to {} for {} steps",
+                cfg.boost_epsilon, cfg.boost_steps
+            ));
+        }
+        if let Some((lr, _)) = self.learning_rate {
+            w.push(format!("the learning rate back to {lr}"));
+        }
+        if w.is_empty() {
+            "no response (recorded only)".into()
+        } else {
+            w.join(" and ")
+        }
+    }
+
+    fn data(&self, cfg: &DriftSection) -> Value {
+        let mut v = json!({});
+        if self.exploration {
+            v["exploration"] = json!(cfg.boost_epsilon);
+            v["boost_steps"] = json!(cfg.boost_steps);
+        }
+        if let Some((lr, decay)) = self.learning_rate {
+            v["lr"] = json!(lr);
+            v["lr_decay_updates"] = json!(decay);
+        }
+        v
+    }
+}
+
+/// The `drift` reflection of a fall in return noticed at `steps`: its data and sentence.
+pub fn return_drift(
+    cfg: &DriftSection,
+    steps: u64,
+    a: &Drift,
+    response: Response,
+) -> (Value, String) {
+    let recent = cfg.returns.recent;
+    let sentence = format!(
+        "drift at step {steps}: the return fell from {:.3} to {:.3} (the last {recent} \
+         episodes against the {} before); {}",
+        a.reference_mean,
+        a.mean,
+        a.after.saturating_sub(recent as u64),
+        response.words(cfg)
+    );
+    let data = json!({
+        "signal": "returns",
+        "steps": steps,
+        "alarm": a,
+        "action": response.data(cfg),
+    });
+    (data, sentence)
+}
+
+/// The `drift` reflection of observation features that moved, noticed at `steps`.
+pub fn observation_drift(
+    cfg: &DriftSection,
+    steps: u64,
+    alarms: &[(usize, Drift)],
+    response: Response,
+) -> (Value, String) {
+    let moved: Vec<String> = alarms
+        .iter()
+        .map(|(i, a)| {
+            format!(
+                "mean |obs[{i}]| at reset {} from {:.3} to {:.3}",
+                match a.direction {
+                    Direction::Up => "rose",
+                    Direction::Down => "fell",
+                },
+                a.reference_mean,
+                a.mean
+            )
+        })
+        .collect();
+    let sentence = format!(
+        "drift at step {steps}: observation statistics moved ({}); {}",
+        moved.join(", "),
+        response.words(cfg)
+    );
+    let features: Vec<Value> = alarms
+        .iter()
+        .map(|(i, a)| json!({"feature": i, "alarm": a}))
+        .collect();
+    let data = json!({
+        "signal": "observations",
+        "steps": steps,
+        "features": features,
+        "action": response.data(cfg),
+    });
+    (data, sentence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boost_lifts_exploration_and_decays_back_to_the_schedule() {
+        let cfg = DriftSection::default();
+        let (base, floor) = (0.02, 0.02);
+        assert_eq!(boosted_exploration(&cfg, base, floor, None, 5_000), base);
+        let at = 1_000;
+        let start = boosted_exploration(&cfg, base, floor, Some(at), at);
+        assert!((start - cfg.boost_epsilon).abs() < 1e-6, "{start}");
+        let half = boosted_exploration(&cfg, base, floor, Some(at), at + cfg.boost_steps / 2);
+        assert!(half < start && half > base, "{half}");
+        let after = boosted_exploration(&cfg, base, floor, Some(at), at + cfg.boost_steps);
+        assert_eq!(after, base);
+        // Never below the schedule (early on, the schedule is above the boost).
+        assert_eq!(boosted_exploration(&cfg, 1.0, floor, Some(at), at), 1.0);
+    }
+}

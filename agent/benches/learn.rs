@@ -266,192 +266,10 @@ fn main() {
     let seeds = value("--seeds").unwrap_or(if quick { 2 } else { 5 });
     let steps = value("--steps").unwrap_or(50_000);
 
-    let dense = |h: usize| vec![format!("network.blocks=[{{kind=\"dense\", d_hidden={h}}}]")];
-    let moe = TrainConfig::default();
-    let (moe_active, moe_total) = params(&[]);
-    let BlockConfig::Moe {
-        d_hidden,
-        n_experts,
-        top_k,
-        ..
-    } = moe.network.blocks[0].clone()
-    else {
-        panic!("the default network is expected to be MoE");
-    };
-    let mut variants = vec![Variant {
-        name: "moe",
-        overrides: vec![],
-    }];
-    if !cartpole_on {
-        variants.clear();
-    }
-    if !quick && cartpole_on {
-        variants.push(Variant {
-            name: "dense_equal_active",
-            overrides: dense(d_hidden * top_k),
-        });
-        variants.push(Variant {
-            name: "dense_equal_total",
-            overrides: dense(d_hidden * n_experts),
-        });
-    }
-    println!(
-        "default MoE: {n_experts} experts of hidden width {d_hidden}, top-{top_k}: {moe_active} active / {moe_total} total parameters"
-    );
-
-    println!(
-        "\n{:<20} {:>5} {:>12} {:>12} {:>12} {:>10}",
-        "network", "seed", "steps→475", "secs→475", "final mean", "steps/s"
-    );
-    let mut summary: Vec<Summary> = Vec::new();
-    for v in &variants {
-        let (active, total) = params(&v.overrides);
-        let mut figs = Figures::default();
-        for seed in 0..seeds {
-            let (o, _) = run_one(v, seed, steps);
-            println!(
-                "{:<20} {:>5} {:>12} {:>12} {:>12.1} {:>10.0}",
-                v.name,
-                seed,
-                o.first.map_or("never".into(), |f| f.0.to_string()),
-                o.first.map_or("–".into(), |f| format!("{:.2}", f.1)),
-                o.final_mean,
-                o.steps_per_s
-            );
-            figs.push(o.first.map(|(s, t)| (s as f64, t)), o.budget, o.final_mean);
-        }
-        summary.push((v.name.to_string(), figs, active, total));
-    }
-
-    // The peer, in the same run.
-    let peer = if flag("--no-peer") || !cartpole_on {
-        None
-    } else {
-        run_peer(quick)
-    };
-    let dqn = peer.as_ref().and_then(|d| Figures::from_sb3(d, "dqn"));
-    let ppo = peer.as_ref().and_then(|d| Figures::from_sb3(d, "ppo"));
-
-    println!(
-        "\n(a seed that never reaches 475 counts as its whole budget in steps and seconds)\n\
-         {:<20} {:>9} {:>9} {:>14} {:>14} {:>12} {:>8}",
-        "network", "active", "total", "median steps", "median secs", "min final", "failed"
-    );
     let mut results = Vec::new();
-    for (name, figs, active, total) in &summary {
-        println!(
-            "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
-            name,
-            active,
-            total,
-            median(&figs.steps),
-            median(&figs.secs),
-            figs.min_final(),
-            figs.failed_of()
-        );
-        let is_moe = name == "moe";
-        let suffix = if is_moe {
-            String::new()
-        } else {
-            format!("/{name}")
-        };
-        // The peers are compared with the default network only.
-        let (dqn_m, ppo_m) = (
-            dqn.as_ref().filter(|_| is_moe),
-            ppo.as_ref().filter(|_| is_moe),
-        );
-        results.push(row(
-            &format!("cartpole/steps_to_475{suffix}"),
-            "steps",
-            true,
-            &figs.steps,
-            figs.failed,
-            dqn_m.map(|p| ("sb3-dqn", median(&p.steps), p.failed)),
-        ));
-        results.push(row(
-            &format!("cartpole/seconds_to_475{suffix}"),
-            "s",
-            true,
-            &figs.secs,
-            figs.failed,
-            dqn_m.map(|p| ("sb3-dqn", median(&p.secs), p.failed)),
-        ));
-        if let Some(p) = ppo_m {
-            results.push(row(
-                "cartpole/steps_to_475/vs_ppo",
-                "steps",
-                true,
-                &figs.steps,
-                figs.failed,
-                Some(("sb3-ppo", median(&p.steps), p.failed)),
-            ));
-            results.push(row(
-                "cartpole/seconds_to_475/vs_ppo",
-                "s",
-                true,
-                &figs.secs,
-                figs.failed,
-                Some(("sb3-ppo", median(&p.secs), p.failed)),
-            ));
-        }
-        // The lowest final mean over seeds; the peer's is its own lowest, from its output.
-        results.push(row(
-            &format!("cartpole/final_return_min{suffix}"),
-            "return",
-            false,
-            &[figs.min_final()],
-            figs.failed,
-            dqn_m.map(|p| ("sb3-dqn", p.min_final(), p.failed)),
-        ));
-        if let Some(p) = ppo_m {
-            results.push(row(
-                "cartpole/final_return_min/vs_ppo",
-                "return",
-                false,
-                &[figs.min_final()],
-                figs.failed,
-                Some(("sb3-ppo", p.min_final(), p.failed)),
-            ));
-        }
+    if cartpole_on {
+        results.extend(cartpole(seeds, steps, quick, flag("--no-peer")));
     }
-    for (algo, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
-        if let Some(p) = p {
-            if p.disturbed > 0 {
-                println!(
-                    "({algo}: {} of {} runs disturbed by other processes or cut at the anchor's \
-                     time limit; its seconds are not a quiet machine's)",
-                    p.disturbed,
-                    p.steps.len()
-                );
-            }
-            println!(
-                "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
-                algo,
-                "",
-                "",
-                median(&p.steps),
-                median(&p.secs),
-                p.min_final(),
-                p.failed_of()
-            );
-        }
-    }
-    if let (Some(d), Some(p)) = (&dqn, &ppo) {
-        let ours = median(&summary[0].1.secs);
-        let (d, p) = (median(&d.secs), median(&p.secs));
-        println!(
-            "\nsecs to 475: ours {ours:.2}, SB3 DQN {d:.2} ({:.1}× ours), SB3 PPO {p:.2} ({:.1}× ours)",
-            d / ours,
-            p / ours
-        );
-    }
-
-    for (name, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
-        if let Some(p) = p {
-            mark_disturbed(&mut results, name, p.disturbed);
-        }
-    }
-
     if autodidact::learners::by_name("sac").is_ok() && pendulum_on {
         results.extend(pendulum(seeds, quick, flag("--no-peer")));
     }
@@ -570,6 +388,199 @@ fn run_anchor(name: &str, out_name: &str, seeds: Option<&str>) -> Option<serde_j
         println!("SB3 peer wrote no readable {}", out.display());
     }
     doc
+}
+
+/// CartPole-v1 with DQN (the default MoE network and, without `--quick`, dense networks of
+/// equal active and equal total parameters), against SB3's DQN and PPO.
+fn cartpole(seeds: u64, steps: u64, quick: bool, no_peer: bool) -> Vec<serde_json::Value> {
+    let dense = |h: usize| vec![format!("network.blocks=[{{kind=\"dense\", d_hidden={h}}}]")];
+    let moe = TrainConfig::default();
+    let (moe_active, moe_total) = params(&[]);
+    let BlockConfig::Moe {
+        d_hidden,
+        n_experts,
+        top_k,
+        ..
+    } = moe.network.blocks[0].clone()
+    else {
+        panic!("the default network is expected to be MoE");
+    };
+    let mut variants = vec![Variant {
+        name: "moe",
+        overrides: vec![],
+    }];
+    if !quick {
+        variants.push(Variant {
+            name: "dense_equal_active",
+            overrides: dense(d_hidden * top_k),
+        });
+        variants.push(Variant {
+            name: "dense_equal_total",
+            overrides: dense(d_hidden * n_experts),
+        });
+    }
+    println!(
+        "default MoE: {n_experts} experts of hidden width {d_hidden}, top-{top_k}: {moe_active} active / {moe_total} total parameters"
+    );
+
+    println!(
+        "\n{:<20} {:>5} {:>12} {:>12} {:>12} {:>10}",
+        "network", "seed", "steps→475", "secs→475", "final mean", "steps/s"
+    );
+    let mut summary: Vec<Summary> = Vec::new();
+    for v in &variants {
+        let (active, total) = params(&v.overrides);
+        let mut figs = Figures::default();
+        for seed in 0..seeds {
+            let (o, _) = run_one(v, seed, steps);
+            println!(
+                "{:<20} {:>5} {:>12} {:>12} {:>12.1} {:>10.0}",
+                v.name,
+                seed,
+                o.first.map_or("never".into(), |f| f.0.to_string()),
+                o.first.map_or("–".into(), |f| format!("{:.2}", f.1)),
+                o.final_mean,
+                o.steps_per_s
+            );
+            figs.push(o.first.map(|(s, t)| (s as f64, t)), o.budget, o.final_mean);
+        }
+        summary.push((v.name.to_string(), figs, active, total));
+    }
+
+    // The peer, in the same run.
+    let peer = if no_peer { None } else { run_peer(quick) };
+    let dqn = peer.as_ref().and_then(|d| Figures::from_sb3(d, "dqn"));
+    let ppo = peer.as_ref().and_then(|d| Figures::from_sb3(d, "ppo"));
+    cartpole_results(&summary, dqn.as_ref(), ppo.as_ref())
+}
+
+/// The CartPole section's summary table and result rows, ours against the peer's.
+fn cartpole_results(
+    summary: &[Summary],
+    dqn: Option<&Figures>,
+    ppo: Option<&Figures>,
+) -> Vec<serde_json::Value> {
+    println!(
+        "\n(a seed that never reaches 475 counts as its whole budget in steps and seconds)\n\
+         {:<20} {:>9} {:>9} {:>14} {:>14} {:>12} {:>8}",
+        "network", "active", "total", "median steps", "median secs", "min final", "failed"
+    );
+    let mut results = Vec::new();
+    for (name, figs, active, total) in summary {
+        println!(
+            "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
+            name,
+            active,
+            total,
+            median(&figs.steps),
+            median(&figs.secs),
+            figs.min_final(),
+            figs.failed_of()
+        );
+        let is_moe = name == "moe";
+        let suffix = if is_moe {
+            String::new()
+        } else {
+            format!("/{name}")
+        };
+        // The peers are compared with the default network only.
+        let (dqn_m, ppo_m) = (
+            dqn.as_ref().filter(|_| is_moe),
+            ppo.as_ref().filter(|_| is_moe),
+        );
+        results.push(row(
+            &format!("cartpole/steps_to_475{suffix}"),
+            "steps",
+            true,
+            &figs.steps,
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", median(&p.steps), p.failed)),
+        ));
+        results.push(row(
+            &format!("cartpole/seconds_to_475{suffix}"),
+            "s",
+            true,
+            &figs.secs,
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", median(&p.secs), p.failed)),
+        ));
+        if let Some(p) = ppo_m {
+            results.push(row(
+                "cartpole/steps_to_475/vs_ppo",
+                "steps",
+                true,
+                &figs.steps,
+                figs.failed,
+                Some(("sb3-ppo", median(&p.steps), p.failed)),
+            ));
+            results.push(row(
+                "cartpole/seconds_to_475/vs_ppo",
+                "s",
+                true,
+                &figs.secs,
+                figs.failed,
+                Some(("sb3-ppo", median(&p.secs), p.failed)),
+            ));
+        }
+        // The lowest final mean over seeds; the peer's is its own lowest, from its output.
+        results.push(row(
+            &format!("cartpole/final_return_min{suffix}"),
+            "return",
+            false,
+            &[figs.min_final()],
+            figs.failed,
+            dqn_m.map(|p| ("sb3-dqn", p.min_final(), p.failed)),
+        ));
+        if let Some(p) = ppo_m {
+            results.push(row(
+                "cartpole/final_return_min/vs_ppo",
+                "return",
+                false,
+                &[figs.min_final()],
+                figs.failed,
+                Some(("sb3-ppo", p.min_final(), p.failed)),
+            ));
+        }
+    }
+    for (algo, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
+        if let Some(p) = p {
+            if p.disturbed > 0 {
+                println!(
+                    "({algo}: {} of {} runs disturbed by other processes or cut at the anchor's \
+                     time limit; its seconds are not a quiet machine's)",
+                    p.disturbed,
+                    p.steps.len()
+                );
+            }
+            println!(
+                "{:<20} {:>9} {:>9} {:>14.0} {:>14.2} {:>12.1} {:>8}",
+                algo,
+                "",
+                "",
+                median(&p.steps),
+                median(&p.secs),
+                p.min_final(),
+                p.failed_of()
+            );
+        }
+    }
+    if let (Some(d), Some(p)) = (&dqn, &ppo) {
+        let ours = median(&summary[0].1.secs);
+        let (d, p) = (median(&d.secs), median(&p.secs));
+        println!(
+            "\nsecs to 475: ours {ours:.2}, SB3 DQN {d:.2} ({:.1}× ours), SB3 PPO {p:.2} ({:.1}× ours)",
+            d / ours,
+            p / ours
+        );
+    }
+
+    for (name, p) in [("sb3-dqn", &dqn), ("sb3-ppo", &ppo)] {
+        if let Some(p) = p {
+            mark_disturbed(&mut results, name, p.disturbed);
+        }
+    }
+
+    results
 }
 
 /// SAC on Pendulum-v1 with the defaults a `Box` action space gets (20,000 steps, as

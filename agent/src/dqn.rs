@@ -419,31 +419,9 @@ impl DqnLearner {
     }
 
     fn record(&mut self, loss: f32, outcome: StepOutcome) {
-        const EMA: f32 = 0.02;
-        let m = &mut self.metrics;
-        m.updates = self.updates;
-        m.skipped = self.opt.skipped();
-        let first = std::mem::take(&mut self.metrics_fresh);
-        let ema = |old: f32, new: f32| if first { new } else { old + EMA * (new - old) };
-        if loss.is_finite() {
-            m.loss = ema(m.loss, loss);
-        }
-        if let StepOutcome::Applied { grad_norm, lr } = outcome {
-            m.grad_norm = ema(m.grad_norm, grad_norm);
-            m.lr = lr;
-        }
-        if let Some(stats) = self.online.moe_layers().next().map(|l| l.stats()) {
-            let routed: usize = stats.routed.iter().sum();
-            if routed > 0 {
-                if m.expert_usage.len() != stats.routed.len() {
-                    m.expert_usage = vec![1.0 / stats.routed.len() as f64; stats.routed.len()];
-                }
-                for (u, &r) in m.expert_usage.iter_mut().zip(&stats.routed) {
-                    *u += EMA as f64 * (r as f64 / routed as f64 - *u);
-                }
-            }
-            m.router_entropy = ema(m.router_entropy, stats.router_entropy);
-        }
+        let counts = (self.updates, self.opt.skipped());
+        self.metrics
+            .record_update(&mut self.metrics_fresh, counts, loss, outcome, &self.online);
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use autodidact_core::{ObsNormalizer, PlasticityReport, Snapshot};
+use autodidact_core::{Network, ObsNormalizer, PlasticityReport, Snapshot, StepOutcome};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -43,6 +43,46 @@ pub struct LearnerMetrics {
     pub router_entropy: f32,
     /// The last plasticity measurement ([`Learner::plasticity`]), if one was taken.
     pub plasticity: Option<PlasticitySummary>,
+}
+
+impl LearnerMetrics {
+    /// Folds one update into the running figures: `updates` and `skipped` as counted, the
+    /// loss, gradient norm and router entropy as moving averages (from this update on when
+    /// `fresh`, which is then cleared), the learning rate applied, and the expert usage of
+    /// `net`'s first MoE layer in the step just taken.
+    pub fn record_update(
+        &mut self,
+        fresh: &mut bool,
+        (updates, skipped): (u64, u64),
+        loss: f32,
+        outcome: StepOutcome,
+        net: &Network,
+    ) {
+        const EMA: f32 = 0.02;
+        self.updates = updates;
+        self.skipped = skipped;
+        let first = std::mem::take(fresh);
+        let ema = |old: f32, new: f32| if first { new } else { old + EMA * (new - old) };
+        if loss.is_finite() {
+            self.loss = ema(self.loss, loss);
+        }
+        if let StepOutcome::Applied { grad_norm, lr } = outcome {
+            self.grad_norm = ema(self.grad_norm, grad_norm);
+            self.lr = lr;
+        }
+        if let Some(stats) = net.moe_layers().next().map(|l| l.stats()) {
+            let routed: usize = stats.routed.iter().sum();
+            if routed > 0 {
+                if self.expert_usage.len() != stats.routed.len() {
+                    self.expert_usage = vec![1.0 / stats.routed.len() as f64; stats.routed.len()];
+                }
+                for (u, &r) in self.expert_usage.iter_mut().zip(&stats.routed) {
+                    *u += EMA as f64 * (r as f64 / routed as f64 - *u);
+                }
+            }
+            self.router_entropy = ema(self.router_entropy, stats.router_entropy);
+        }
+    }
 }
 
 /// The figures of a plasticity measurement a person watches over a long life: dead units, a

@@ -3,10 +3,10 @@
 //! ```text
 //!              ┌──────── champion (VariableSource) ◄──────── gate ◄── candidate ───┐
 //!              ▼                                               │                    │
-//!   actor 0..N (env, ε-greedy) ── episodes ──► writer ──► replay.sqlite ──► learner ┘
+//!   actor 0..N (env, policy)   ── episodes ──► writer ──► replay.sqlite ──► learner ┘
 //!              │                                               ▲                    ▲
 //!              └── returns, obs ──► drift detectors            └──── reflection ────┘
-//!                                     (ε boost)                (reanalyse, lessons)
+//!                                   (exploration boost)        (reanalyse, lessons)
 //! ```
 //!
 //! One tokio runtime hosts everything. The blocking work — N actors each owning an
@@ -25,7 +25,8 @@
 //!
 //! **Reflection.** Besides the gate: `drift` reflections when Page-Hinkley detectors see the
 //! return fall or the observation statistics move ([`crate::drift`]); on a fall in return the
-//! daemon raises plasticity by raising exploration — ε jumps to `drift.boost_epsilon` and
+//! daemon raises plasticity by raising exploration — the learner kind's exploration level
+//! (ε for DQN, the share of uniformly random actions for SAC) jumps to `drift.boost_epsilon` and
 //! decays linearly over `drift.boost_steps` — so the learner sees what the changed world does
 //! off the champion's now-wrong path. Every `reflection.every_s` seconds a pass runs a
 //! `reanalyse` (the learner recomputes targets and priorities of uniformly drawn stored

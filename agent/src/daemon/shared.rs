@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) gate_busy: AtomicBool,
     pub(crate) boosted_at: AtomicU64,
-    /// Learner updates when the learning rate last started again from `dqn.lr`.
+    /// Learner updates when the learning rate last started again from the configured one.
     pub(crate) lr_reset_at: AtomicU64,
     /// Gate rejections since the last promotion.
     pub(crate) rejections_in_row: AtomicU64,

@@ -238,7 +238,7 @@ pub struct Status {
     pub updates: u64,
     /// Environment steps per second in this process.
     pub steps_per_s: f64,
-    /// Current ε.
+    /// Current exploration level (ε for DQN; see `crate::policy::ActMode`).
     pub epsilon: f32,
     /// The model the actors act with.
     pub champion: ChampionStatus,

@@ -113,6 +113,9 @@ pub enum EnvError {
         /// The last failure, rendered.
         last: String,
     },
+    /// A [`GoalRegions`](crate::GoalRegions) world, schedule or control was misconfigured.
+    #[error("goal-regions configuration: {0}")]
+    GoalRegions(#[from] crate::goal_regions::GoalRegionsError),
     /// An OS-level failure (spawn, connect, read, write, temp file).
     #[error("{context}: {source}")]
     Io {
@@ -146,7 +149,8 @@ impl EnvError {
             | EnvError::DuplicateId(_)
             | EnvError::InvalidAction(_)
             | EnvError::NeedsReset
-            | EnvError::Config(_) => None,
+            | EnvError::Config(_)
+            | EnvError::GoalRegions(_) => None,
         }
     }
 
@@ -198,6 +202,7 @@ mod tests {
             EnvError::NeedsReset,
             EnvError::Config("x".into()),
             EnvError::DuplicateId("x".into()),
+            EnvError::GoalRegions(crate::goal_regions::GoalRegionsError::ZeroEvery),
         ] {
             assert_eq!(e.fault_kind(), None, "{e}");
         }

@@ -3,7 +3,8 @@
 //! - [`Env`]: the trait every world implements (`reset(seed)`, `step(action)`, spaces), with
 //!   `terminated` and `truncated` kept apart everywhere.
 //! - Native worlds: [`CartPole`], [`MountainCar`], [`Pendulum`] (matching Gymnasium's
-//!   dynamics and seeding), [`NonStationaryCartPole`], [`DriftingBandit`], [`GridWorld`].
+//!   dynamics and seeding), [`NonStationaryCartPole`], [`DriftingBandit`], [`GoalRegions`] (a goal that moves
+//!   between regions of the plane, regime hidden), [`GridWorld`].
 //! - [`wrappers`]: time limit, action/observation clipping, normalisation, reward transforms,
 //!   episode statistics.
 //! - [`make`]: string IDs to envs, including `gym:<id>` (Gymnasium via a Python bridge),
@@ -19,6 +20,7 @@ pub mod bridge;
 pub mod classic;
 pub mod env;
 pub mod error;
+pub mod goal_regions;
 pub mod gridworld;
 pub mod nonstationary;
 pub mod np_rng;
@@ -32,6 +34,10 @@ pub mod wrappers;
 pub use classic::{CartPole, CartPoleParams, MountainCar, Pendulum};
 pub use env::{Env, Info, Observation, Step};
 pub use error::{EnvError, ProtocolError, Result};
+pub use goal_regions::{
+    GoalControl, GoalRegion, GoalRegions, GoalRegionsError, GoalRegionsParams, GoalSchedule,
+    MAX_REGIMES, regime_name,
+};
 pub use gridworld::GridWorld;
 pub use nonstationary::{
     CartPoleControl, CartPoleSchedule, Drift, DriftingBandit, NonStationaryCartPole,

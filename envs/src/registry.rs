@@ -7,6 +7,7 @@ use crate::bridge;
 use crate::classic::{CartPole, MountainCar, Pendulum};
 use crate::env::Env;
 use crate::error::{EnvError, Result};
+use crate::goal_regions::{GoalRegions, GoalSchedule};
 use crate::gridworld::{GridWorld, KEY_DOOR_MAP, SIMPLE_MAP};
 use crate::nonstationary::{Drift, DriftingBandit, NonStationaryCartPole};
 use crate::remote::{RemoteConfig, RemoteEnv, Transport};
@@ -93,6 +94,24 @@ impl Registry {
             Arc::new(|| {
                 Ok(boxed(TimeLimit::new(
                     DriftingBandit::new(10, Drift::Abrupt { every: 5_000 }, 1.0)?,
+                    100,
+                )?))
+            }),
+        );
+        add(
+            &["goal-regions", "GoalRegions-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    GoalRegions::new(GoalSchedule::Constant(0))?,
+                    100,
+                )?))
+            }),
+        );
+        add(
+            &["goal-regions-cycle", "GoalRegionsCycle-v0"],
+            Arc::new(|| {
+                Ok(boxed(TimeLimit::new(
+                    GoalRegions::new(GoalSchedule::returning_cycle(20_000))?,
                     100,
                 )?))
             }),

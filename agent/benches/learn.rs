@@ -82,7 +82,18 @@ impl Figures {
     /// A peer's seeds from the JSON `sb3_cartpole.py` writes: its `runs` of one algorithm, the
     /// budget being the algorithm's `n_timesteps` and the run's own training seconds.
     fn from_sb3(doc: &serde_json::Value, algo: &str) -> Option<Figures> {
-        let budget_steps = doc["hyperparams"][algo]["n_timesteps"].as_f64();
+        Figures::from_sb3_runs(doc, algo, doc["hyperparams"][algo]["n_timesteps"].as_f64())
+    }
+}
+
+impl Figures {
+    /// A peer's seeds from an anchor's `runs` of one algorithm: the budget is `budget_steps`
+    /// (or, if unknown, each run's own steps) and each run's own training seconds.
+    fn from_sb3_runs(
+        doc: &serde_json::Value,
+        algo: &str,
+        budget_steps: Option<f64>,
+    ) -> Option<Figures> {
         let mut f = Figures::default();
         for r in doc["runs"].as_array()?.iter().filter(|r| r["algo"] == algo) {
             let first = match &r["first_solved"] {
@@ -93,24 +104,6 @@ impl Figures {
                 budget_steps.or_else(|| r["env_steps"].as_f64())?,
                 r["train_secs"].as_f64()?,
             );
-            f.push(first, budget, r["final_eval_mean"].as_f64()?);
-            f.disturbed += usize::from(r["noisy"] == true || !r["aborted"].is_null());
-        }
-        (!f.steps.is_empty()).then_some(f)
-    }
-}
-
-impl Figures {
-    /// A peer's seeds from an anchor that records no `hyperparams` (sb3_pendulum.py): the
-    /// budget is `budget_steps` and each run's own training seconds.
-    fn from_sb3_runs(doc: &serde_json::Value, algo: &str, budget_steps: f64) -> Option<Figures> {
-        let mut f = Figures::default();
-        for r in doc["runs"].as_array()?.iter().filter(|r| r["algo"] == algo) {
-            let first = match &r["first_solved"] {
-                serde_json::Value::Null => None,
-                s => Some((s["env_steps"].as_f64()?, s["train_secs"].as_f64()?)),
-            };
-            let budget = (budget_steps, r["train_secs"].as_f64()?);
             f.push(first, budget, r["final_eval_mean"].as_f64()?);
             f.disturbed += usize::from(r["noisy"] == true || !r["aborted"].is_null());
         }
@@ -622,7 +615,7 @@ fn pendulum(seeds: u64, quick: bool, no_peer: bool) -> Vec<serde_json::Value> {
     };
     let sac = peer
         .as_ref()
-        .and_then(|d| Figures::from_sb3_runs(d, "sac", budget as f64));
+        .and_then(|d| Figures::from_sb3_runs(d, "sac", Some(budget as f64)));
     println!(
         "{:<20} {:>14} {:>14} {:>12} {:>8}",
         "", "median steps", "median secs", "min final", "failed"

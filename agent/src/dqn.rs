@@ -24,8 +24,8 @@ use autodidact_core::loss::huber;
 use autodidact_core::optim::{copy_params, polyak_update};
 use autodidact_core::precision::Precision;
 use autodidact_core::{
-    AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer,
-    PlasticityConfig, Snapshot, StepOutcome, Tensor,
+    AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer, Snapshot,
+    StepOutcome, Tensor,
 };
 use autodidact_envs::Space;
 use autodidact_replay::{ActionSpace, NStep, ReplayError, SampleBatch, Sampler};
@@ -35,7 +35,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkSection;
 use crate::error::{AgentError, Result};
-use crate::learner::{Learner, LearnerMetrics, PlasticitySummary, ReanalyseReport, UpdateReport};
+use crate::learner::{
+    Learner, LearnerMetrics, PlasticitySummary, ReanalyseReport, UpdateReport,
+    measure_plasticity_of,
+};
 use crate::learners::{Horizon, LearnerConfigs, LearnerContext, LearnerKind, LearnerPlan};
 use crate::policy::argmax;
 use crate::policy::{Policy, QPolicy, discrete_actions};
@@ -274,9 +277,6 @@ pub struct DqnLearner {
     bootstrap: Vec<f32>,
     prios: Vec<f32>,
 }
-
-/// Seed tag of the stream plasticity measurements sample with.
-const PLASTICITY_STREAM: u64 = 0x0050_4c41_5354_4943; // "PLASTIC"
 
 /// Seed tag separating the learner's sampling stream from the other seeded streams.
 const RNG_STREAM: u64 = 0x004c_4541_524e_4552; // "LEARNER"
@@ -613,21 +613,12 @@ impl Learner for DqnLearner {
         if !self.ready() || samples == 0 {
             return Ok(None);
         }
-        // A stream of its own (seeded by the update count), so measuring never shifts the
-        // learner's sampling and a lockstep run stays bit-exact.
-        let mut rng = ChaCha8Rng::seed_from_u64(self.init_seed ^ self.updates);
-        rng.set_stream(PLASTICITY_STREAM);
-        let mut batch = SampleBatch::with_capacity(samples);
-        self.sampler
-            .sample_uniform(&mut rng, samples, NStep::one(self.cfg.gamma), &mut batch)?;
-        let mut obs = Tensor::try_zeros(&[batch.len, batch.obs_len])?;
-        obs.data_mut()
-            .copy_from_slice(&batch.obs[..batch.len * batch.obs_len]);
-        let init = Network::new(self.online.config().clone(), self.init_seed)?;
-        let report =
-            self.online
-                .measure_plasticity(&obs, Some(&init), &PlasticityConfig::default())?;
-        let summary = PlasticitySummary::of(&report, self.updates);
+        let summary = measure_plasticity_of(
+            &mut self.online,
+            &self.sampler,
+            (self.init_seed, self.updates),
+            samples,
+        )?;
         self.metrics.plasticity = Some(summary);
         Ok(Some(summary))
     }

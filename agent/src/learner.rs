@@ -7,7 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use autodidact_core::{Network, ObsNormalizer, PlasticityReport, Snapshot, StepOutcome};
+use autodidact_core::{
+    Network, ObsNormalizer, PlasticityConfig, PlasticityReport, Snapshot, StepOutcome, Tensor,
+};
+use autodidact_replay::{NStep, SampleBatch, Sampler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -83,6 +88,31 @@ impl LearnerMetrics {
             self.router_entropy = ema(self.router_entropy, stats.router_entropy);
         }
     }
+}
+
+/// Seed tag of the stream plasticity measurements sample with.
+const PLASTICITY_STREAM: u64 = 0x0050_4c41_5354_4943; // "PLASTIC"
+
+/// Measures `net`'s plasticity on `samples` stored observations drawn uniformly from
+/// `sampler`, against θ₀ rebuilt from `init_seed` (the seed `net` was created with): every
+/// learner's [`Learner::plasticity`]. The draw has its own stream, seeded by `updates`, so
+/// measuring never shifts a learner's sampling and a lockstep run stays bit-exact.
+pub fn measure_plasticity_of(
+    net: &mut Network,
+    sampler: &Sampler,
+    (init_seed, updates): (u64, u64),
+    samples: usize,
+) -> Result<PlasticitySummary> {
+    let mut rng = ChaCha8Rng::seed_from_u64(init_seed ^ updates);
+    rng.set_stream(PLASTICITY_STREAM);
+    let mut batch = SampleBatch::with_capacity(samples);
+    sampler.sample_uniform(&mut rng, samples, NStep::one(1.0), &mut batch)?;
+    let mut obs = Tensor::try_zeros(&[batch.len, batch.obs_len])?;
+    obs.data_mut()
+        .copy_from_slice(&batch.obs[..batch.len * batch.obs_len]);
+    let init = Network::new(net.config().clone(), init_seed)?;
+    let report = net.measure_plasticity(&obs, Some(&init), &PlasticityConfig::default())?;
+    Ok(PlasticitySummary::of(&report, updates))
 }
 
 /// The figures of a plasticity measurement a person watches over a long life: dead units, a

@@ -45,7 +45,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkSection;
 use crate::error::{AgentError, Result};
-use crate::learner::{Learner, LearnerMetrics, PlasticitySummary, UpdateReport};
+use crate::learner::{
+    Learner, LearnerMetrics, PlasticitySummary, UpdateReport, measure_plasticity_of,
+};
 use crate::learners::{Horizon, LearnerConfigs, LearnerContext, LearnerKind, LearnerPlan};
 use crate::policy::{ActMode, Acted, Policy};
 use crate::runtime::with_suffix;
@@ -427,9 +429,6 @@ pub struct SacLearner {
     scratch: ActorScratch,
 }
 
-/// Seed tag of the stream plasticity measurements sample with.
-const PLASTICITY_STREAM: u64 = 0x0050_4c41_5354_4943; // "PLASTIC"
-
 /// Seed tag of the learner's sampling and noise stream.
 const RNG_STREAM: u64 = 0x0053_4143_4c52; // "SACLR"
 
@@ -765,22 +764,12 @@ impl Learner for SacLearner {
         if !self.ready() || samples == 0 {
             return Ok(None);
         }
-        // Its own stream, seeded by the update count: measuring never shifts the learner's.
-        let mut rng = ChaCha8Rng::seed_from_u64(self.init_seed ^ self.updates);
-        rng.set_stream(PLASTICITY_STREAM);
-        let mut batch = SampleBatch::with_capacity(samples);
-        self.sampler
-            .sample_uniform(&mut rng, samples, NStep::one(self.cfg.gamma), &mut batch)?;
-        let mut obs = Tensor::try_zeros(&[batch.len, batch.obs_len])?;
-        obs.data_mut()
-            .copy_from_slice(&batch.obs[..batch.len * batch.obs_len]);
-        let init = Network::new(self.actor.config().clone(), self.init_seed)?;
-        let report = self.actor.measure_plasticity(
-            &obs,
-            Some(&init),
-            &autodidact_core::PlasticityConfig::default(),
+        let summary = measure_plasticity_of(
+            &mut self.actor,
+            &self.sampler,
+            (self.init_seed, self.updates),
+            samples,
         )?;
-        let summary = PlasticitySummary::of(&report, self.updates);
         self.metrics.plasticity = Some(summary);
         Ok(Some(summary))
     }

@@ -154,9 +154,10 @@ pub struct ReturnDropConfig {
     pub recent: usize,
     /// Episodes in the reference window (the ones before the recent window).
     pub reference: usize,
-    /// Smallest fall that counts, as a fraction of the world's return range (the 5th to 95th
-    /// percentile of the last [`RANGE_MEMORY`] returns): a scale the world shows, where the
-    /// reference mean's magnitude is not one (returns near 0, or negative).
+    /// Smallest fall that counts, as a fraction of the world's return range (the widest 5th to
+    /// 95th percentile span any [`RANGE_MEMORY`] consecutive returns have shown): a scale the
+    /// world shows, where the reference mean's magnitude is not one (returns near 0, or
+    /// negative).
     pub min_drop: f64,
     /// The fall must also exceed this many standard errors of the difference of means (with
     /// the reference window's spread).
@@ -178,6 +179,10 @@ impl Default for ReturnDropConfig {
 /// the world's, not a regime's).
 pub const RANGE_MEMORY: usize = 1000;
 
+/// How often (in samples) the widest range is measured again: a sort of [`RANGE_MEMORY`]
+/// values, cheap but needless every episode.
+const RANGE_EVERY: usize = 10;
+
 /// A fall in a stream, as two adjacent windows see it: the mean of the last `recent` samples
 /// against the mean of the `reference` samples before them (in the spirit of ADWIN's two
 /// sub-windows, with fixed sizes). An alarm needs a fall of at least `min_drop` of the world's
@@ -192,6 +197,11 @@ pub struct ReturnDrop {
     cfg: ReturnDropConfig,
     window: std::collections::VecDeque<f64>,
     history: std::collections::VecDeque<f64>,
+    /// The widest range measured so far: once the policy converges, the last returns span
+    /// only its own wobble (0.85 to 0.91 where the world pays −1 to 1), and a range that shrank
+    /// with them would call that wobble a change of world.
+    widest: f64,
+    seen: usize,
 }
 
 impl ReturnDrop {
@@ -201,6 +211,8 @@ impl ReturnDrop {
             cfg,
             window: std::collections::VecDeque::with_capacity(cfg.recent + cfg.reference),
             history: std::collections::VecDeque::with_capacity(RANGE_MEMORY),
+            widest: 0.0,
+            seen: 0,
         }
     }
 
@@ -219,6 +231,10 @@ impl ReturnDrop {
             self.history.pop_front();
         }
         self.history.push_back(x);
+        self.seen += 1;
+        if self.seen % RANGE_EVERY == 0 {
+            self.widest = self.widest.max(self.span());
+        }
         if self.window.len() < w + r.clamp(2, 20) {
             return None;
         }
@@ -251,8 +267,13 @@ impl ReturnDrop {
 }
 
 impl ReturnDrop {
-    /// The world's return range: 5th to 95th percentile of the remembered returns.
+    /// The world's return range: the widest span measured so far, or the current one if wider.
     fn range(&self) -> f64 {
+        self.widest.max(self.span())
+    }
+
+    /// The 5th to 95th percentile span of the remembered returns.
+    fn span(&self) -> f64 {
         let mut v: Vec<f64> = self.history.iter().copied().collect();
         v.sort_by(f64::total_cmp);
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
@@ -292,7 +313,7 @@ impl ObsDrift {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use rand_distr::{Distribution, Normal};
 
@@ -375,6 +396,35 @@ mod tests {
             assert!(d.update(x).is_none(), "false alarm at {i}");
         }
         assert!(d.update(f64::NAN).is_none());
+    }
+
+    #[test]
+    fn return_drop_keeps_the_worlds_range_after_the_policy_converges() {
+        // A goal world paying −1 (timeout) to 0.9: learnt in 200 episodes, then thousands of
+        // episodes that wobble between 0.87 and 0.91. Against the converged policy's own span
+        // (0.04) one detour among ten would be a "fall"; against the world's (1.9) it is not.
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut d = ReturnDrop::new(ReturnDropConfig::default());
+        for i in 0..200 {
+            let x = if rng.random::<f64>() < i as f64 / 200.0 {
+                0.88
+            } else {
+                -1.0
+            };
+            assert!(d.update(x).is_none(), "learning alarmed at {i}");
+        }
+        for i in 0..5_000 {
+            // As measured on goal-regions: 0.87 to 0.91, and a detour now and then.
+            let x = if i % 250 == 125 {
+                0.35
+            } else {
+                0.87 + 0.04 * rng.random::<f64>()
+            };
+            assert!(d.update(x).is_none(), "a wobble alarmed at {i}");
+        }
+        // The goal moved: every episode times out.
+        let k = (1..=20).find(|_| d.update(-1.0).is_some());
+        assert!(k.is_some_and(|k| k <= 10), "{k:?}");
     }
 
     #[test]

@@ -428,13 +428,34 @@ pub struct DriftSection {
     pub observations: DriftConfig,
     /// Watch observation statistics too (a fall in return is watched always).
     pub watch_observations: bool,
-    /// On a fall in return, ε jumps to this value …
+    /// On a fall in return, ε jumps to this value (1: explore like a fresh agent, as the
+    /// world the policy knew is gone) …
     pub boost_epsilon: f32,
     /// … and decays linearly back to the normal schedule over this many steps.
     pub boost_steps: u64,
     /// Also boost exploration when only the observation statistics moved (off by default:
     /// a policy that improves moves them too).
     pub boost_on_observations: bool,
+    /// On a fall in return, the learners' replay window keeps only the episodes the alarm
+    /// judged (the last `returns.recent`, all from the changed world) and grows again from
+    /// there; the replay file keeps everything. Older episodes describe a world that is gone:
+    /// a learner that keeps sampling them keeps learning it (recency-weighted replay taken to
+    /// its limit, as the change is known).
+    pub restart_replay: bool,
+    /// On a fall in return, the learner resets its value head to fresh weights, keeping the
+    /// body, and starts its optimizer and learning-rate schedule again (Nikishin et al. 2022;
+    /// `Learner::reset_head`): a head that predicts the old world's returns keeps the greedy
+    /// policy walking to where the reward used to be, and bootstrapping keeps those
+    /// predictions alive.
+    pub reset_head: bool,
+    /// On a fall in return, keep the learner that mastered the world just gone, and try the
+    /// ones kept before in the new world (see `crate::runtime::memory`): a world that comes
+    /// back is recalled rather than learned again.
+    pub recall: bool,
+    /// Greedy episodes each remembered learner plays in the new world before it is judged.
+    pub recall_episodes: usize,
+    /// Worlds remembered at most (the one written longest ago is replaced).
+    pub memory_slots: usize,
 }
 
 impl Default for DriftSection {
@@ -446,9 +467,14 @@ impl Default for DriftSection {
                 ..DriftConfig::default()
             },
             watch_observations: true,
-            boost_epsilon: 0.3,
-            boost_steps: 10_000,
+            boost_epsilon: 1.0,
+            boost_steps: 5_000,
             boost_on_observations: false,
+            restart_replay: true,
+            reset_head: true,
+            recall: true,
+            recall_episodes: 3,
+            memory_slots: 8,
         }
     }
 }
@@ -458,6 +484,8 @@ impl DriftSection {
     pub fn validate(&self) -> Result<()> {
         bounds::real("drift.boost_epsilon", self.boost_epsilon.into(), 0.0, 1.0)?;
         bounds::int("drift.boost_steps", self.boost_steps, 0, MAX_STEPS)?;
+        bounds::size("drift.recall_episodes", self.recall_episodes, 1, 1_000)?;
+        bounds::size("drift.memory_slots", self.memory_slots, 1, 64)?;
         let r = &self.returns;
         bounds::size("drift.returns.recent", r.recent, 1, MAX_EPISODES)?;
         bounds::size("drift.returns.reference", r.reference, 2, MAX_EPISODES)?;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use autodidact_core::loss::huber;
 use autodidact_core::optim::{copy_params, polyak_update};
 use autodidact_core::precision::Precision;
+use autodidact_core::reset::reset_head;
 use autodidact_core::{
     AdamW, AdamWConfig, HeadConfig, LrSchedule, Network, NetworkConfig, ObsNormalizer, Snapshot,
     StepOutcome, Tensor,
@@ -280,6 +281,8 @@ pub struct DqnLearner {
 
 /// Seed tag separating the learner's sampling stream from the other seeded streams.
 const RNG_STREAM: u64 = 0x004c_4541_524e_4552; // "LEARNER"
+/// Seed tag of the fresh heads drawn by [`Learner::reset_head`].
+const RESET_STREAM: u64 = 0x0052_4553_4554; // "RESET"
 
 impl DqnLearner {
     /// A fresh learner over `network` (which must have a dueling or linear Q head).
@@ -627,6 +630,17 @@ impl Learner for DqnLearner {
         if scale.is_finite() && scale >= 0.0 {
             self.opt.config.lr = self.cfg.lr * scale;
         }
+    }
+
+    fn reset_head(&mut self) -> Result<bool> {
+        // A seed of its own per reset, from the learner's state only: lockstep runs stay
+        // reproducible.
+        let seed = self.init_seed ^ RESET_STREAM ^ self.updates;
+        reset_head(&mut self.online, seed)?;
+        copy_params(&mut self.target, &self.online)?;
+        let left = self.planned_updates.saturating_sub(self.updates);
+        self.opt = AdamW::new(self.cfg.adamw(left))?;
+        Ok(true)
     }
 
     fn reanalyse(&mut self, batches: usize) -> Result<Option<ReanalyseReport>> {

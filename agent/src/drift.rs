@@ -16,8 +16,7 @@
 //! later fall goes unseen. Page-Hinkley watches the observation features (the daemon feeds it
 //! each episode's first observation, which a learning policy cannot move).
 //!
-//! On drift, the daemon raises plasticity (documented in [`crate::daemon`]): exploration back
-//! up and the learning rate back to its initial value. This module only detects.
+//! What a command does on drift is in [`crate::runtime::changes`]. This module only detects.
 
 use serde::{Deserialize, Serialize};
 
@@ -268,7 +267,7 @@ impl ReturnDrop {
 
 impl ReturnDrop {
     /// The world's return range: the widest span measured so far, or the current one if wider.
-    fn range(&self) -> f64 {
+    pub fn range(&self) -> f64 {
         self.widest.max(self.span())
     }
 

@@ -214,4 +214,11 @@ pub trait Learner: Send {
     fn set_lr_scale(&mut self, scale: f32) {
         let _ = scale;
     }
+    /// After a change of world: resets the value head to fresh weights, keeping the body
+    /// (Nikishin et al. 2022; see `autodidact_core::reset`), and starts the optimizer and its
+    /// learning-rate schedule again. Returns whether the learner did (`false`: it has no such
+    /// response; the default).
+    fn reset_head(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }

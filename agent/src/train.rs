@@ -31,8 +31,12 @@ use crate::learners::{Horizon, LearnerKind, LearnerPlan};
 use crate::policy::Policy;
 use crate::rate::{Admit, RateLimiter};
 use crate::runtime::acting::{ActingControl, EpisodeEnd, ReplayActor, act};
-use crate::runtime::changes::{ChangeWatch, Response, observation_drift, return_drift};
+use crate::runtime::changes::{
+    ChangeWatch, Response, boosted_exploration, observation_drift, recall_failed, recalled,
+    return_drift,
+};
 use crate::runtime::learning::{LearningControl, learn};
+use crate::runtime::memory::Memory;
 use crate::runtime::run_dir::model_stem;
 pub use crate::runtime::{
     CONFIG_FILE, REPLAY_FILE, RunState, STATE_FILE, acting_checkpoint, check_stored_command,
@@ -228,6 +232,13 @@ enum Request {
         stem: PathBuf,
         reply: Sender<Result<(PathBuf, LearnerMetrics)>>,
     },
+    /// Reset the learner's head after a change of world ([`Learner::reset_head`]) and
+    /// publish.
+    ResetHead,
+    /// Learn on with this learner (a recalled one) and publish it.
+    Replace(Box<dyn Learner>),
+    /// Publish now (a trial ended without a recall).
+    Publish,
     Stop,
 }
 
@@ -252,6 +263,9 @@ struct Shared {
     source: Arc<VariableSource>,
     obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
     publish_every: u64,
+    /// A remembered learner is on trial: the actor acts with its weights, and the learner's
+    /// publications wait until the trial ends.
+    pinned: AtomicBool,
 }
 
 impl Shared {
@@ -260,8 +274,22 @@ impl Shared {
             let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
             learner.set_obs_stats(&s);
         }
+        if !self.pinned.load(Ordering::SeqCst) {
+            self.source.publish(learner.acting_snapshot()?);
+        }
+        Ok(())
+    }
+
+    /// The actor acts with `learner`'s weights (a remembered learner on trial) until
+    /// [`Shared::unpin`].
+    fn pin(&self, learner: &mut dyn Learner) -> Result<()> {
+        self.pinned.store(true, Ordering::SeqCst);
         self.source.publish(learner.acting_snapshot()?);
         Ok(())
+    }
+
+    fn unpin(&self) {
+        self.pinned.store(false, Ordering::SeqCst);
     }
 }
 
@@ -286,6 +314,16 @@ impl LearningControl for TrainLearning {
                         .map(|f| (f, learner.metrics()));
                     let _ = reply.send(r);
                 }
+                Ok(Request::ResetHead) => {
+                    if learner.reset_head()? {
+                        self.shared.publish(learner.as_mut())?;
+                    }
+                }
+                Ok(Request::Replace(recalled)) => {
+                    *learner = recalled;
+                    self.shared.publish(learner.as_mut())?;
+                }
+                Ok(Request::Publish) => self.shared.publish(learner.as_mut())?,
                 Ok(Request::Stop) => return Ok(false),
                 Err(TryRecvError::Empty) => return Ok(true),
                 // The loop that owned this learner is gone (it failed): end quietly.
@@ -388,6 +426,54 @@ impl LearnerHost {
                     Ok(r) => r,
                     Err(_) => Err(self.thread_failure()),
                 }
+            }
+        }
+    }
+
+    /// Resets the learner's head after a change of world and has the actor act with it (at
+    /// once inline; with the learner's next request check on its thread).
+    fn reset_head(&mut self, shared: &Shared) -> Result<()> {
+        match self {
+            LearnerHost::Inline { learner, .. } => {
+                if learner.reset_head()? {
+                    shared.publish(learner.as_mut())?;
+                }
+                Ok(())
+            }
+            LearnerHost::Thread { requests, .. } => {
+                if requests.send(Request::ResetHead).is_err() {
+                    return Err(self.thread_failure());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Learns on with `recalled` in place of the learner, and has the actor act with it.
+    fn replace(&mut self, recalled: Box<dyn Learner>, shared: &Shared) -> Result<()> {
+        match self {
+            LearnerHost::Inline { learner, .. } => {
+                *learner = recalled;
+                shared.publish(learner.as_mut())
+            }
+            LearnerHost::Thread { requests, .. } => {
+                if requests.send(Request::Replace(recalled)).is_err() {
+                    return Err(self.thread_failure());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Has the actor act with the learner's newest weights now.
+    fn publish_now(&mut self, shared: &Shared) -> Result<()> {
+        match self {
+            LearnerHost::Inline { learner, .. } => shared.publish(learner.as_mut()),
+            LearnerHost::Thread { requests, .. } => {
+                if requests.send(Request::Publish).is_err() {
+                    return Err(self.thread_failure());
+                }
+                Ok(())
             }
         }
     }
@@ -501,6 +587,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         source: Arc::new(VariableSource::new(learner.acting_snapshot()?)),
         obs_stats,
         publish_every: plan.publish_every,
+        pinned: AtomicBool::new(false),
     });
     let policy = kind.policy(&space)?;
     let mut actor = make_actor(c, &shared, &writer, &run, policy, &state, &run_dir)?;
@@ -617,8 +704,33 @@ struct TrainActing<'a, 'c, 'h> {
     started: Instant,
     last_progress: Instant,
     interrupted: bool,
-    /// Drift detectors: `train` records each change it notices as a `drift` reflection.
+    /// Drift detectors: `train` responds to each change it notices and records it as a `drift`
+    /// reflection.
     watch: ChangeWatch,
+    /// The step of the last fall in return that raised exploration (see [`boosted_exploration`]).
+    boosted_at: Option<u64>,
+    /// Worlds mastered before, kept to be recalled.
+    memory: Memory,
+    /// Step at which the present world began (the last change noticed, or 0).
+    world_since: u64,
+    /// A remembered learner playing in the new world, if one is on trial.
+    trial: Option<Trial>,
+}
+
+/// Remembered learners tried in a new world, one at a time.
+struct Trial {
+    /// Step of the change.
+    change_at: u64,
+    /// Mean return of the broken policy at the alarm: a recalled one must beat it clearly.
+    broken: f64,
+    /// The slot on trial and its learner.
+    slot: usize,
+    learner: Box<dyn Learner>,
+    returns: Vec<f64>,
+    /// Slots still to try, next first.
+    queue: Vec<usize>,
+    /// Slots tried and the mean they played.
+    tried: Vec<(usize, f64)>,
 }
 
 impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
@@ -632,6 +744,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
         obs_dim: usize,
     ) -> Self {
         let (steps, episodes) = (ck.state.steps, ck.state.episodes);
+        let memory = Memory::new(&ck.dir.path, c.drift.memory_slots);
         TrainActing {
             watch: ChangeWatch::new(&c.drift, obs_dim),
             next_checkpoint: (steps / c.run.checkpoint_every + 1) * c.run.checkpoint_every,
@@ -652,6 +765,10 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
             started: Instant::now(),
             last_progress: Instant::now(),
             interrupted: false,
+            boosted_at: None,
+            memory,
+            world_since: steps,
+            trial: None,
         }
     }
 
@@ -677,15 +794,46 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
         Ok(())
     }
 
-    /// Feeds the drift detectors and records what they notice. `train` does not respond yet:
-    /// its exploration and learning rate follow the run's schedule. A reflection that cannot
-    /// be written is logged, never fatal.
+    /// Feeds the drift detectors, responds to a fall in return (exploration raised, the
+    /// replay window restarted; see [`crate::config::DriftSection`]) and records what they notice. A
+    /// reflection that cannot be written is logged, never fatal.
     fn notice(&mut self, end: &EpisodeEnd<'_>) -> Result<()> {
         let noticed = self.watch.observe(end.ret, end.first_abs_obs);
         let drift = &self.c.drift;
         let mut rows = Vec::new();
         if let Some(a) = &noticed.returns {
-            rows.push(return_drift(drift, end.steps, a, Response::default()));
+            // A change noticed during a trial ends it: what was on trial is judged no more.
+            if self.trial.take().is_some() {
+                self.ck.shared.unpin();
+            }
+            let kept = if drift.recall {
+                Some(self.remember(a.reference_mean, end.steps)?)
+            } else {
+                None
+            };
+            self.boosted_at = Some(end.steps);
+            let replay_dropped = drift.restart_replay.then(|| {
+                self.ck
+                    .store
+                    .sampler()
+                    .retain_newest_episodes(drift.returns.recent)
+            });
+            if drift.reset_head {
+                self.host.reset_head(self.ck.shared)?;
+            }
+            let response = Response {
+                exploration: true,
+                replay_dropped,
+                head_reset: drift.reset_head,
+                ..Response::default()
+            };
+            rows.push(return_drift(drift, end.steps, a, response));
+            self.world_since = end.steps;
+            if let Some(k) = kept {
+                self.memory.set_current(None);
+                let queue = self.memory.candidates(k);
+                self.next_trial(end.steps, a.mean, queue, Vec::new())?;
+            }
         }
         if !noticed.observations.is_empty() {
             rows.push(observation_drift(
@@ -696,18 +844,123 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
             ));
         }
         for (data, sentence) in rows {
-            tracing::info!(kind = "drift", "{sentence}");
-            let row = NewReflection {
-                kind: "drift".into(),
-                model_version: Some(self.ck.state.model_version),
-                data,
-                sentence,
-            };
-            if let Err(e) = self.ck.store.add_reflection(&row) {
-                tracing::warn!(error = %e, "could not record a drift reflection");
-            }
+            self.reflect("drift", data, sentence);
         }
         Ok(())
+    }
+
+    /// Records a reflection; one that cannot be written is logged, never fatal.
+    fn reflect(&self, kind: &str, data: serde_json::Value, sentence: String) {
+        tracing::info!(kind, "{sentence}");
+        let row = NewReflection {
+            kind: kind.into(),
+            model_version: Some(self.ck.state.model_version),
+            data,
+            sentence,
+        };
+        if let Err(e) = self.ck.store.add_reflection(&row) {
+            tracing::warn!(error = %e, "could not record a {kind} reflection");
+        }
+    }
+
+    /// Saves the learner that played the world just gone (at `level`) to its memory slot.
+    fn remember(&mut self, level: f64, steps: u64) -> Result<usize> {
+        let k = self.memory.keep(level, self.world_since, steps);
+        std::fs::create_dir_all(self.memory.dir()).map_err(AgentError::io(self.memory.dir()))?;
+        if let Some(slot) = self.memory.slot(k) {
+            let stem = slot.stem.clone();
+            self.host.save(&stem, self.ck.shared)?;
+        }
+        Ok(k)
+    }
+
+    /// Puts the next remembered learner of `queue` on trial; with none left, the trial ends
+    /// without a recall and the (reset) learner acts again.
+    fn next_trial(
+        &mut self,
+        change_at: u64,
+        broken: f64,
+        mut queue: Vec<usize>,
+        tried: Vec<(usize, f64)>,
+    ) -> Result<()> {
+        let c = self.c;
+        while !queue.is_empty() {
+            let slot = queue.remove(0);
+            let Some(stem) = self.memory.slot(slot).map(|s| s.stem.clone()) else {
+                continue;
+            };
+            let loaded = self.ck.dir.learner(
+                c.learners(),
+                self.ck.store.sampler(),
+                c.run.seed,
+                self.kind.planned_updates(c.learners(), c.run.steps),
+                c.run.acting_precision.into(),
+                Some(&stem),
+            );
+            let mut learner = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "remembered world {slot} could not be loaded");
+                    continue;
+                }
+            };
+            self.ck.shared.pin(learner.as_mut())?;
+            self.trial = Some(Trial {
+                change_at,
+                broken,
+                slot,
+                learner,
+                returns: Vec::new(),
+                queue,
+                tried,
+            });
+            return Ok(());
+        }
+        self.ck.shared.unpin();
+        self.host.publish_now(self.ck.shared)?;
+        if !tried.is_empty() {
+            let (data, sentence) = recall_failed(change_at, self.steps, &tried);
+            self.reflect("recall", data, sentence);
+        }
+        Ok(())
+    }
+
+    /// Counts an episode of the learner on trial; after `drift.recall_episodes` judges it: one
+    /// that plays at its remembered level and clearly better than the broken policy (both by
+    /// the return detector's smallest fall) becomes the learner again. An episode no better
+    /// than the broken policy ends its trial at once.
+    fn trial_episode(&mut self, ret: f64) -> Result<()> {
+        let drift = &self.c.drift;
+        let Some(t) = self.trial.as_mut() else {
+            return Ok(());
+        };
+        t.returns.push(ret);
+        // An episode no better than the broken policy's mean rules the candidate out at once:
+        // wrong candidates cost one episode each, not `recall_episodes`.
+        let tol = drift.returns.min_drop * self.watch.return_range();
+        let hopeless = ret <= t.broken;
+        if t.returns.len() < drift.recall_episodes && !hopeless {
+            return Ok(());
+        }
+        let Some(t) = self.trial.take() else {
+            return Ok(());
+        };
+        let mean = t.returns.iter().sum::<f64>() / t.returns.len() as f64;
+        let Some(slot) = self.memory.slot(t.slot).cloned() else {
+            return Ok(());
+        };
+        if !hopeless && mean >= slot.level - tol && mean > t.broken + tol {
+            self.ck.shared.unpin();
+            self.host.replace(t.learner, self.ck.shared)?;
+            self.boosted_at = None;
+            self.memory.set_current(Some(t.slot));
+            let (data, sentence) = recalled(t.change_at, self.steps, t.slot, &slot, mean);
+            self.reflect("recall", data, sentence);
+            return Ok(());
+        }
+        let mut tried = t.tried;
+        tried.push((t.slot, mean));
+        self.next_trial(t.change_at, t.broken, t.queue, tried)
     }
 
     /// A periodic greedy evaluation of the acting weights (the learner waits meanwhile).
@@ -793,8 +1046,14 @@ impl ActingControl for TrainActing<'_, '_, '_> {
         let horizon = Horizon::Run {
             total: self.c.run.steps,
         };
-        self.kind
-            .exploration(self.c.learners(), self.steps, horizon)
+        let learners = self.c.learners();
+        let base = self.kind.exploration(learners, self.steps, horizon);
+        let floor = self.kind.exploration(learners, u64::MAX, horizon);
+        if self.trial.is_some() {
+            // A remembered learner is judged on how it plays, as it played its world.
+            return floor;
+        }
+        boosted_exploration(&self.c.drift, base, floor, self.boosted_at, self.steps)
     }
 
     fn stepped(&mut self, _actor: &mut ReplayActor) -> Result<u64> {
@@ -839,6 +1098,7 @@ impl ActingControl for TrainActing<'_, '_, '_> {
             self.recent.pop_front();
         }
         self.recent.push_back(end.ret);
+        self.trial_episode(end.ret)?;
         self.notice(end)?;
         let c = self.c;
         if self.steps >= self.next_eval {

@@ -645,9 +645,9 @@ impl autodidact_envs::Env for PayoffCollapse {
     }
 }
 
-// Issue 14: `train` watches for change with the daemon's detectors and records what it notices.
+// Issue 14: `train` watches for change with the daemon's detectors, responds and records it.
 #[test]
-fn train_notices_a_change_of_the_world_and_records_it() {
+fn train_notices_a_change_of_the_world_responds_and_records_it() {
     autodidact_envs::register("payoff-collapse-v0", || {
         Ok(Box::new(PayoffCollapse {
             obs: autodidact_envs::Space::Box {
@@ -678,10 +678,107 @@ fn train_notices_a_change_of_the_world_and_records_it() {
         (151..=160).contains(&at),
         "noticed at step {at}, within the 10-episode window after the change at 150"
     );
+    // And responds as configured (the defaults): explores like a fresh agent, resets the
+    // value head, restarts the replay window from the changed world's episodes.
+    let action = &fall[0].data["action"];
+    assert_eq!(action["exploration"].as_f64(), Some(1.0), "{action}");
+    assert_eq!(action["head_reset"], true, "{action}");
+    assert!(
+        action["replay_dropped"].as_u64().is_some_and(|n| n > 0),
+        "{action}"
+    );
     assert!(
         fall[0].sentence.contains("fell from 1.000 to")
-            && fall[0].sentence.contains("recorded only"),
+            && fall[0].sentence.contains("value head reset")
+            && fall[0].sentence.contains("replay window restarted"),
         "{}",
         fall[0].sentence
+    );
+}
+
+/// Steps from `start` until the mean return of the last 20 episodes begun in `[start, end)`
+/// reaches `threshold`, read from a run's replay file.
+fn phase_latency(db: &Path, start: u64, end: u64, threshold: f64) -> Option<u64> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut st = conn
+        .prepare("SELECT length, episode_return FROM episodes ORDER BY id")
+        .unwrap();
+    let eps: Vec<(u64, f64)> = st
+        .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let (mut step, mut window) = (0u64, std::collections::VecDeque::new());
+    for (len, ret) in eps {
+        let (s0, s1) = (step, step + len);
+        step = s1;
+        if s0 < start || s1 > end {
+            continue;
+        }
+        if window.len() == 20 {
+            window.pop_front();
+        }
+        window.push_back(ret);
+        if window.len() == 20 && window.iter().sum::<f64>() / 20.0 >= threshold {
+            return Some(s1 - start);
+        }
+    }
+    None
+}
+
+// Issue 14: when the goal moves to a new region the agent learns it anew; when it moves back,
+// the agent recalls what it learned before instead of learning it again. One seed of the
+// continual benchmark's world, in lockstep (deterministic); the benchmark gives the spread.
+#[test]
+fn train_re_adapts_to_a_new_regime_and_recalls_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let o: Vec<String> = vec![
+        "run.steps=30000".into(),
+        "run.seed=1".into(),
+        "run.mode=lockstep".into(),
+        "run.eval_every=0".into(),
+    ];
+    let cfg = TrainConfig::load(None, &o).unwrap();
+    // A for 10 k steps, then B, then A again.
+    let setup = RunSetup::fresh("goal-regions:cycle:10000", cfg, dir.path()).unwrap();
+    run_train(setup, Arc::new(AtomicBool::new(false)), false);
+    let db = dir.path().join("replay.sqlite");
+    // 90 % of the way from the floor (−1, every episode timing out) to a learned level (0.88).
+    let threshold = -1.0 + 0.9 * (0.88 + 1.0);
+    let learn_a = phase_latency(&db, 0, 10_000, threshold).expect("A is learned");
+    let learn_b = phase_latency(&db, 10_000, 20_000, threshold);
+    assert!(learn_b.is_some(), "B is learned anew within its phase");
+    let back_to_a = phase_latency(&db, 20_000, 30_000, threshold).expect("A comes back");
+    assert!(
+        back_to_a * 2 < learn_a,
+        "A recalled in {back_to_a} steps, learned first in {learn_a}"
+    );
+    let store = ReplayStore::open_read_only(&db).unwrap();
+    let recalls = store.reflections(Some("recall"), 20).unwrap();
+    // Noticed and recalled within 1 500 steps of the move back to A.
+    let recalled = recalls
+        .iter()
+        .find(|r| {
+            r.data["outcome"] == "recalled"
+                && (20_000..21_500).contains(&r.data["change_at"].as_u64().unwrap_or(0))
+        })
+        .unwrap_or_else(|| panic!("no recall after the move back to A: {recalls:#?}"));
+    let at = recalled.data["change_at"].as_u64().unwrap();
+    assert!(recalled.data["steps"].as_u64().unwrap() < 21_500, "{recalled:#?}");
+    assert!(
+        recalled
+            .sentence
+            .starts_with(&format!("regime change at step {at}; recalled world-")),
+        "{}",
+        recalled.sentence
+    );
+    // The world it recalled was learned in the first phase.
+    assert_eq!(recalled.data["learned"][0], 0, "{}", recalled.sentence);
+    // The move to B was noticed soon after it happened.
+    let drifts = store.reflections(Some("drift"), 50).unwrap();
+    assert!(
+        drifts.iter().any(|r| r.data["signal"] == "returns"
+            && (10_000..11_500).contains(&r.data["steps"].as_u64().unwrap_or(0))),
+        "{drifts:#?}"
     );
 }

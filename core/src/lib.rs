@@ -34,6 +34,7 @@ pub mod optim;
 pub mod param;
 pub mod plasticity;
 pub mod precision;
+pub mod reset;
 pub mod tensor;
 
 pub use checkpoint::{LoadedCheckpoint, load_checkpoint, save_checkpoint};

@@ -134,6 +134,15 @@ impl Registry {
                 )?))
             }),
         );
+        // `goal-regions:B` holds regime B for good (the continual benchmark's fresh-start
+        // baseline); `goal-regions:cycle:N` is the returning cycle with phases of N steps.
+        r.prefixes.insert(
+            "goal-regions:".into(),
+            Arc::new(|spec: &str| {
+                let schedule = goal_regions_schedule(spec)?;
+                Ok(boxed(TimeLimit::new(GoalRegions::new(schedule)?, 100)?))
+            }),
+        );
         r.prefixes.insert(
             "gym:".into(),
             Arc::new(|id: &str| {
@@ -249,4 +258,25 @@ where
 /// IDs known to the process-wide registry.
 pub fn known_ids() -> Vec<String> {
     global().read().unwrap_or_else(|e| e.into_inner()).ids()
+}
+
+/// The schedule a `goal-regions:<spec>` ID names: a regime letter (`A`..`Z`) held for good, or
+/// `cycle:<steps>`, the returning cycle A → B → A → B → C → A with phases of that many steps.
+fn goal_regions_schedule(spec: &str) -> Result<GoalSchedule> {
+    if let Some(every) = spec.strip_prefix("cycle:") {
+        let every: u64 = every.parse().map_err(|_| {
+            EnvError::Config(format!(
+                "`goal-regions:cycle:{every}`: the phase length must be a whole number of steps"
+            ))
+        })?;
+        return Ok(GoalSchedule::returning_cycle(every));
+    }
+    let mut chars = spec.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c @ 'A'..='Z'), None) => Ok(GoalSchedule::Constant(c as usize - 'A' as usize)),
+        _ => Err(EnvError::Config(format!(
+            "`goal-regions:{spec}`: expected a regime letter (`goal-regions:B`) or \
+             `goal-regions:cycle:<steps per phase>`"
+        ))),
+    }
 }

@@ -484,6 +484,47 @@ fn registered_ids_have_a_time_limit_and_the_benchmark_schedule() {
     assert!(reg.make("GoalRegionsCycle-v0").is_ok());
 }
 
+#[test]
+fn parameterised_ids_hold_a_region_or_cycle_at_a_given_pace() {
+    let reg = Registry::with_builtins();
+    for (id, want) in [("goal-regions:A", "A"), ("goal-regions:C", "C")] {
+        let mut env = reg.make(id).unwrap();
+        for _ in 0..3 {
+            let (_, info) = env.reset(None).unwrap();
+            assert_eq!(info["regime"], want, "{id}");
+            while !env.step(&Action::Discrete(LEFT)).unwrap().truncated {}
+        }
+    }
+    // Phases of 200 steps: two 100-step episodes each.
+    let mut env = reg.make("goal-regions:cycle:200").unwrap();
+    let mut seen = vec![];
+    for _ in 0..12 {
+        let (_, info) = env.reset(None).unwrap();
+        seen.push(info["regime"].as_str().unwrap().to_string());
+        while !env.step(&Action::Discrete(LEFT)).unwrap().truncated {}
+    }
+    let want: Vec<&str> = ["A", "B", "A", "B", "C", "A"]
+        .iter()
+        .flat_map(|r| [*r, *r])
+        .collect();
+    assert_eq!(seen, want);
+    for bad in [
+        "goal-regions:",
+        "goal-regions:a",
+        "goal-regions:AB",
+        "goal-regions:cycle:x",
+    ] {
+        match reg.make(bad) {
+            Err(EnvError::Config(msg)) => assert!(msg.contains("goal-regions:"), "{msg}"),
+            Err(e) => panic!("{bad}: {e}"),
+            Ok(_) => panic!("{bad} was accepted"),
+        }
+    }
+    // A region the world does not have, and a cycle of 0-step phases, are the world's errors.
+    assert!(reg.make("goal-regions:Z").is_err());
+    assert!(reg.make("goal-regions:cycle:0").is_err());
+}
+
 /// A scripted policy that walks towards `goal`, the larger gap first.
 fn towards(goal: [f64; 2], obs: &[f32]) -> i64 {
     let (dx, dy) = (goal[0] - f64::from(obs[0]), goal[1] - f64::from(obs[1]));

@@ -436,6 +436,20 @@ impl Mirror {
         }
     }
 
+    /// Drops all but the newest `keep` episodes from the window; returns the transitions
+    /// dropped.
+    pub(crate) fn retain_newest(&mut self, keep: usize) -> usize {
+        let before = self.live.len();
+        let live = &self.ep_by_id;
+        self.order.retain(|id| live.contains_key(id));
+        while self.order.len() > keep {
+            if let Some(old) = self.order.pop_front() {
+                self.remove(old);
+            }
+        }
+        before - self.live.len()
+    }
+
     /// Episodes in the window, lowest mean priority first (for lowest-priority eviction).
     pub(crate) fn episodes_by_priority(&self) -> Vec<i64> {
         let mut v: Vec<(f64, i64)> = self
@@ -717,6 +731,14 @@ impl Sampler {
         self.write().update_priorities(ids, priorities)
     }
 
+    /// Drops all but the newest `keep` episodes from the learners' window (the file keeps
+    /// them all): after a change of world the older episodes describe a world that is gone,
+    /// and a learner sampling them keeps learning it. Returns the transitions dropped.
+    /// Episodes committed later enter the window as usual.
+    pub fn retain_newest_episodes(&self, keep: usize) -> usize {
+        self.write().retain_newest(keep)
+    }
+
     /// The current priority of a transition, if it is in the window.
     pub fn priority(&self, id: i64) -> Option<f32> {
         let m = self.read();
@@ -810,5 +832,57 @@ mod tests {
                 prop_assert!(batch.weights[i] > 0.0 && batch.weights[i] <= 1.0);
             }
         }
+    }
+
+    #[test]
+    fn retaining_the_newest_episodes_samples_only_them() {
+        let mut mirror = Mirror::new(MirrorOptions {
+            capacity: 100,
+            alpha: 0.6,
+        });
+        for e in 0..5i64 {
+            let ids: Vec<i64> = (e * 10 + 1..=e * 10 + 4).collect();
+            mirror.insert(&EpisodeIn {
+                episode_id: e + 1,
+                ids: &ids,
+                obs_len: 1,
+                act_len: 0,
+                obs: &[e as f32; 4],
+                act_int: &[0; 4],
+                act_vec: &[],
+                rewards: &[1.0; 4],
+                behaviour: &[f32::NAN; 4],
+                terminated: true,
+                final_obs: &[e as f32],
+                priorities: None,
+            });
+        }
+        mirror.remove(5);
+        // Episode 5 is gone already: the newest two left are 3 and 4.
+        assert_eq!(mirror.retain_newest(2), 8);
+        let sampler = Sampler::new(Arc::new(RwLock::new(mirror)));
+        assert_eq!(sampler.len(), 8);
+        let mut batch = SampleBatch::with_capacity(64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for prioritized in [false, true] {
+            if prioritized {
+                sampler
+                    .sample_prioritized(&mut rng, 64, NStep::one(0.9), 0.4, &mut batch)
+                    .unwrap();
+            } else {
+                sampler
+                    .sample_uniform(&mut rng, 64, NStep::one(0.9), &mut batch)
+                    .unwrap();
+            }
+            for i in 0..batch.len {
+                assert!((21..=34).contains(&batch.ids[i]), "{}", batch.ids[i]);
+                assert!(batch.obs[i] == 2.0 || batch.obs[i] == 3.0);
+            }
+        }
+        assert_eq!(
+            sampler.retain_newest_episodes(5),
+            0,
+            "fewer than 5: nothing to drop"
+        );
     }
 }

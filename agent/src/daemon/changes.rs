@@ -30,7 +30,15 @@ impl Shared {
             self.lr_reset_at
                 .store(self.updates.load(Ordering::Relaxed), Ordering::Relaxed);
             lock(&self.board).drifts += 1;
+            let replay_dropped = drift
+                .restart_replay
+                .then(|| self.sampler.retain_newest_episodes(drift.returns.recent));
+            if drift.reset_head {
+                self.reset_head.store(true, Ordering::SeqCst);
+            }
             let response = Response {
+                replay_dropped,
+                head_reset: drift.reset_head,
                 exploration: true,
                 learning_rate: Some((
                     self.dir.kind.plan(self.cfg.learners()).lr,
@@ -48,7 +56,7 @@ impl Shared {
             lock(&self.board).drifts += 1;
             let response = Response {
                 exploration: boost,
-                learning_rate: None,
+                ..Response::default()
             };
             let (data, sentence) = observation_drift(drift, steps, &noticed.observations, response);
             self.reflect("drift", version, data, sentence)?;

@@ -52,6 +52,9 @@ impl LearningControl for DaemonLearning<'_> {
             )?;
             self.since_candidate = 0;
         }
+        if shared.reset_head.swap(false, Ordering::SeqCst) {
+            learner.reset_head()?;
+        }
         Ok(true)
     }
 

@@ -28,7 +28,9 @@
 //! daemon raises plasticity by raising exploration — the learner kind's exploration level
 //! (ε for DQN, the share of uniformly random actions for SAC) jumps to `drift.boost_epsilon` and
 //! decays linearly over `drift.boost_steps` — so the learner sees what the changed world does
-//! off the champion's now-wrong path. Every `reflection.every_s` seconds a pass runs a
+//! off the champion's now-wrong path; the replay window restarts from the changed world's
+//! episodes and the learner resets its value head (`drift.restart_replay`, `drift.reset_head`;
+//! see [`crate::runtime::changes`]). Every `reflection.every_s` seconds a pass runs a
 //! `reanalyse` (the learner recomputes targets and priorities of uniformly drawn stored
 //! transitions with its newest weights, as in MuZero Reanalyse) and records `lessons`: the
 //! return trend, which experts of the champion serve which observation regions, and the

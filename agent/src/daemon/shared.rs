@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) rejections_in_row: AtomicU64,
     /// Set by the gate: the learner should start again from the champion.
     pub(crate) rollback: AtomicBool,
+    /// Set on a fall in return (with `drift.reset_head`): the learner resets its value head.
+    pub(crate) reset_head: AtomicBool,
     /// The best mean return a champion showed at the gate since the start or the last drift.
     pub(crate) best_level: Mutex<Option<f64>>,
     /// Versions below this have had their checkpoint files pruned (or kept as champion).

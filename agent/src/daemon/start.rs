@@ -248,6 +248,7 @@ impl Shared {
             lr_reset_at: AtomicU64::new(0),
             rejections_in_row: AtomicU64::new(0),
             rollback: AtomicBool::new(false),
+            reset_head: AtomicBool::new(false),
             best_level: Mutex::new(None),
             prune_floor: AtomicI64::new(1),
             demoted: AtomicI64::new(0),

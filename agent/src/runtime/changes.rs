@@ -2,16 +2,24 @@
 //! ([`ReturnDrop`]) and observation statistics at reset that moved ([`ObsDrift`]), fed at
 //! every episode end, and the `drift` reflection that records each alarm and the response.
 //!
-//! What a command does about a change is its own: the daemon raises exploration (the learner
-//! kind's exploration level, lifted to `drift.boost_epsilon` and decaying over
-//! `drift.boost_steps`, [`boosted_exploration`]) and restarts its learning-rate decay; `train`
-//! records the change and, for now, does not respond (its learning rate and exploration follow
-//! the run's schedule).
+//! Both commands respond to a fall in return the same way, each step a `[drift]` key so it can
+//! be switched off and measured (`cargo bench -p autodidact --bench continual`):
+//! - exploration jumps to `drift.boost_epsilon` (1 by default: the world the policy knew is
+//!   gone, so explore like a fresh agent) and decays over `drift.boost_steps`
+//!   ([`boosted_exploration`]);
+//! - the learners' replay window restarts from the episodes the alarm judged
+//!   (`drift.restart_replay`): older episodes describe the world that is gone;
+//! - the learner resets its value head and optimizer (`drift.reset_head`, Nikishin et al. 2022):
+//!   stale value predictions otherwise keep the greedy policy where the reward used to be.
+//!
+//! The daemon also restarts its learning-rate decay. A change noticed only in the observation
+//! statistics is recorded (and raises exploration only with `drift.boost_on_observations`).
 
 use serde_json::{Value, json};
 
 use crate::config::DriftSection;
 use crate::drift::{Direction, Drift, ObsDrift, ReturnDrop};
+use crate::runtime::memory::Slot;
 
 /// The drift detectors of one run.
 #[derive(Clone, Debug)]
@@ -38,6 +46,12 @@ impl ChangeWatch {
             returns: ReturnDrop::new(cfg.returns),
             obs: ObsDrift::new(obs_dim, cfg.observations),
         }
+    }
+
+    /// The world's return range as the return detector sees it (0 before any episode): the
+    /// scale of "clearly better" and "at its level" for recall.
+    pub fn return_range(&self) -> f64 {
+        self.returns.range()
     }
 
     /// Feeds one ended episode: its return and the magnitudes of its first observation's
@@ -84,6 +98,11 @@ pub struct Response {
     pub exploration: bool,
     /// The learning rate started again from this value, decaying over this many updates.
     pub learning_rate: Option<(f32, u64)>,
+    /// The replay window restarted from the changed world's episodes, dropping this many
+    /// older transitions from it.
+    pub replay_dropped: Option<usize>,
+    /// The learner's value head reset to fresh weights.
+    pub head_reset: bool,
 }
 
 impl Response {
@@ -97,6 +116,16 @@ impl Response {
         }
         if let Some((lr, _)) = self.learning_rate {
             w.push(format!("the learning rate back to {lr}"));
+        }
+        if self.head_reset {
+            w.push("the value head reset".into());
+        }
+        if let Some(n) = self.replay_dropped {
+            w.push(format!(
+                "the replay window restarted from the last {} episodes ({n} older transitions \
+                 set aside)",
+                cfg.returns.recent
+            ));
         }
         if w.is_empty() {
             "no response (recorded only)".into()
@@ -114,6 +143,12 @@ impl Response {
         if let Some((lr, decay)) = self.learning_rate {
             v["lr"] = json!(lr);
             v["lr_decay_updates"] = json!(decay);
+        }
+        if let Some(n) = self.replay_dropped {
+            v["replay_dropped"] = json!(n);
+        }
+        if self.head_reset {
+            v["head_reset"] = json!(true);
         }
         v
     }
@@ -179,6 +214,50 @@ pub fn observation_drift(
         "steps": steps,
         "features": features,
         "action": response.data(cfg),
+    });
+    (data, sentence)
+}
+
+/// The `recall` reflection of a remembered learner taken back at `steps` after the change at
+/// `change_at`: slot `k` (`slot`), playing `mean` in the new world.
+pub fn recalled(change_at: u64, steps: u64, k: usize, slot: &Slot, mean: f64) -> (Value, String) {
+    let sentence = format!(
+        "regime change at step {change_at}; recalled world-{k}, learned at steps {} – {} \
+         (level {:.3}); back to {mean:.3} in {} steps",
+        slot.learned.0,
+        slot.learned.1,
+        slot.level,
+        steps.saturating_sub(change_at)
+    );
+    let data = json!({
+        "outcome": "recalled",
+        "change_at": change_at,
+        "steps": steps,
+        "slot": k,
+        "learned": [slot.learned.0, slot.learned.1],
+        "level": slot.level,
+        "mean": mean,
+    });
+    (data, sentence)
+}
+
+/// The `recall` reflection of a change where no remembered learner played at its level:
+/// `tried` holds each slot tried and the mean it played.
+pub fn recall_failed(change_at: u64, steps: u64, tried: &[(usize, f64)]) -> (Value, String) {
+    let list: Vec<String> = tried
+        .iter()
+        .map(|(k, m)| format!("world-{k} played {m:.3}"))
+        .collect();
+    let sentence = format!(
+        "regime change at step {change_at}; no remembered world fits ({}); learning it anew \
+         from step {steps}",
+        list.join(", ")
+    );
+    let data = json!({
+        "outcome": "none",
+        "change_at": change_at,
+        "steps": steps,
+        "tried": tried.iter().map(|(k, m)| json!({"slot": k, "mean": m})).collect::<Vec<_>>(),
     });
     (data, sentence)
 }

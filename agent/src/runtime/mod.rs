@@ -5,6 +5,7 @@
 //!   the learner registry, checkpoint naming, saving and registration, the state file;
 //! - [`changes`]: noticing that the world changed (drift detectors) and the reflection that
 //!   records it;
+//! - [`memory`]: the worlds a run mastered, kept to be recalled when one comes back;
 //! - [`acting`]: the actor loop (episodes, faults, replay), steered by an `ActingControl`;
 //! - [`learning`]: the learner loop (rate limit, updates, publication), steered by a
 //!   `LearningControl`.
@@ -15,6 +16,7 @@
 pub mod acting;
 pub mod changes;
 pub mod learning;
+pub mod memory;
 pub mod run_dir;
 
 pub use run_dir::{

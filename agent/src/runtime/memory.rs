@@ -1,0 +1,141 @@
+//! A memory of the worlds a run has mastered, so that one coming back is recalled instead of
+//! learned again (issue 14).
+//!
+//! When a change is noticed, the learner that mastered the world just gone is saved to a slot
+//! (`<run-dir>/memory/world-<k>.*`, the learner kind's own checkpoint layout) with the level it
+//! held. Then the remembered learners are tried in the new world, most recently learned first,
+//! each for a few greedy episodes (one, if it does no better than the broken policy); one that
+//! plays at its remembered level is taken back as the learner, and its slot is refined at the next change. A slot is one world: a learner that was
+//! recalled goes back to the slot it came from, a world learned anew gets a new one (the oldest
+//! is replaced once `drift.memory_slots` are full). In the spirit of Progress & Compress
+//! (Schwarz et al. 2018), the knowledge base is kept apart from the active learner, here as
+//! whole learners rather than a distilled network.
+
+use std::path::{Path, PathBuf};
+
+/// Subdirectory of the run directory holding the slots.
+pub const MEMORY_DIR: &str = "memory";
+
+/// One remembered world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    /// Checkpoint stem of the learner that mastered it.
+    pub stem: PathBuf,
+    /// The mean return it held there (the reference window of the alarm that ended it).
+    pub level: f64,
+    /// Steps over which it was learned: from the change that began the world to the one that
+    /// ended it.
+    pub learned: (u64, u64),
+    /// Step at which the slot was last written (for replacement and ordering).
+    pub written_at: u64,
+}
+
+/// The slots of one run.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    dir: PathBuf,
+    max: usize,
+    slots: Vec<Slot>,
+    /// The slot the acting learner came from (recalled), if any.
+    current: Option<usize>,
+}
+
+impl Memory {
+    /// An empty memory of at most `max` slots under `run_dir`.
+    pub fn new(run_dir: &Path, max: usize) -> Self {
+        Memory {
+            dir: run_dir.join(MEMORY_DIR),
+            max: max.max(1),
+            slots: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// The directory the slots' files go to (created by the caller before saving).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The slot for the world that just ended (learned from `since` to `steps`, held at
+    /// `level`): the one the acting learner was recalled from, else a new one, else the one
+    /// written longest ago. Returns its index; the caller saves the learner to its stem.
+    pub fn keep(&mut self, level: f64, since: u64, steps: u64) -> usize {
+        let index = match self.current {
+            Some(i) if i < self.slots.len() => i,
+            _ if self.slots.len() < self.max => {
+                self.slots.push(Slot {
+                    stem: self.dir.join(format!("world-{}", self.slots.len())),
+                    level,
+                    learned: (since, steps),
+                    written_at: steps,
+                });
+                self.slots.len() - 1
+            }
+            _ => self
+                .slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.written_at)
+                .map_or(0, |(i, _)| i),
+        };
+        let slot = &mut self.slots[index];
+        if self.current == Some(index) {
+            // Refined: it keeps the span it was first learned over, from its first start.
+            slot.learned.1 = steps;
+        } else {
+            slot.learned = (since, steps);
+        }
+        slot.level = level;
+        slot.written_at = steps;
+        self.current = Some(index);
+        index
+    }
+
+    /// Slots worth trying in a new world: all but `just` (the world that just ended, which
+    /// is what failed), most recently written first.
+    pub fn candidates(&self, just: usize) -> Vec<usize> {
+        let mut c: Vec<usize> = (0..self.slots.len()).filter(|&i| i != just).collect();
+        c.sort_by_key(|&i| std::cmp::Reverse(self.slots[i].written_at));
+        c
+    }
+
+    /// Slot `i`.
+    pub fn slot(&self, i: usize) -> Option<&Slot> {
+        self.slots.get(i)
+    }
+
+    /// Records which slot the acting learner now comes from (`None`: a world learned anew).
+    pub fn set_current(&mut self, i: Option<usize>) {
+        self.current = i;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recalled_world_goes_back_to_its_slot_and_a_new_one_gets_its_own() {
+        let mut m = Memory::new(Path::new("/run"), 3);
+        // A learned over 0..20 k, then the world changed.
+        let a = m.keep(0.9, 0, 20_000);
+        assert_eq!(m.candidates(a), Vec::<usize>::new());
+        m.set_current(None); // B is learned anew
+        let b = m.keep(0.8, 20_000, 40_000);
+        assert_ne!(a, b);
+        assert_eq!(m.candidates(b), vec![a]);
+        m.set_current(Some(a)); // A came back and was recalled
+        assert_eq!(m.keep(0.95, 40_000, 60_000), a, "refined in place");
+        let s = m.slot(a).unwrap();
+        assert_eq!((s.level, s.learned), (0.95, (0, 60_000)));
+        assert_eq!(m.candidates(a), vec![b]);
+        // New worlds fill the memory, then replace the slot written longest ago (B).
+        m.set_current(None);
+        let c = m.keep(0.7, 60_000, 80_000);
+        m.set_current(None);
+        let d = m.keep(0.6, 80_000, 100_000);
+        assert_eq!(d, b);
+        assert_eq!(m.candidates(d), vec![c, a]);
+        assert!(m.slot(c).unwrap().stem.starts_with("/run/memory"));
+    }
+}

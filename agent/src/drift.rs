@@ -10,11 +10,14 @@
 //! that barely varies (a solved CartPole returns 500 every time) must not alarm on a wobble,
 //! yet a fall from it is still seen at once.
 //!
-//! For returns the daemon uses [`ReturnDrop`], two adjacent windows compared for a fall: a
+//! For returns both commands use [`ReturnDrop`], two adjacent windows compared for a fall: a
 //! Page-Hinkley detector that restarts after every rise (which is what learning looks like)
 //! spends its warm-ups blind, and a warm-up that spans a change inflates its unit until a
 //! later fall goes unseen. Page-Hinkley watches the observation features (the daemon feeds it
-//! each episode's first observation, which a learning policy cannot move).
+//! each episode's first observation, which a learning policy cannot move). A fall is not the
+//! only sign: a change that comes while returns are low already (during a collapse, or while a
+//! response explores) shows no fall, so once exploration settles `ReturnDrop` also reports
+//! returns stuck at the bottom of the world's range where the agent once held its top.
 //!
 //! What a command does on drift is in [`crate::runtime::changes`]. This module only detects.
 
@@ -50,6 +53,10 @@ pub enum Direction {
     Up,
     /// The mean fell.
     Down,
+    /// Returns stay at the bottom of the world's range where the agent once held its top,
+    /// with exploration settled: a confident, wrong policy that no fall will reveal any more
+    /// (it fell before and never came back).
+    Stuck,
 }
 
 /// An alarm.
@@ -201,6 +208,8 @@ pub struct ReturnDrop {
     /// with them would call that wobble a change of world.
     widest: f64,
     seen: usize,
+    /// The best reference-window mean seen: whether the agent ever held the world's top.
+    best_reference: f64,
 }
 
 impl ReturnDrop {
@@ -212,12 +221,22 @@ impl ReturnDrop {
             history: std::collections::VecDeque::with_capacity(RANGE_MEMORY),
             widest: 0.0,
             seen: 0,
+            best_reference: f64::NEG_INFINITY,
         }
     }
 
     /// Feeds one sample; returns an alarm (direction `Down`) when the recent window fell.
-    /// Non-finite samples are ignored.
+    /// Non-finite samples are ignored. Never alarms `Stuck` (see [`ReturnDrop::update_settled`]).
     pub fn update(&mut self, x: f64) -> Option<Drift> {
+        self.update_settled(x, false)
+    }
+
+    /// [`ReturnDrop::update`], and with `settled` (exploration back at its floor, no response
+    /// in progress) also a `Stuck` alarm: both windows in the bottom `min_drop` of the world's
+    /// range while the remembered returns still show its top and the agent once held it (a
+    /// reference window within `min_drop` of the top). That is a policy that fell and never
+    /// came back, or a change that came while returns were low already, so no fall shows it.
+    pub fn update_settled(&mut self, x: f64, settled: bool) -> Option<Drift> {
         if !x.is_finite() {
             return None;
         }
@@ -251,17 +270,39 @@ impl ReturnDrop {
         // recent samples estimate it too poorly to be trusted (a calm streak would alarm).
         let se = (v_ref * (1.0 / n_ref + 1.0 / n_rec)).sqrt();
         let drop = m_ref - m_rec;
-        if drop > self.cfg.min_drop * self.range() && drop > self.cfg.z * se {
-            let after = self.window.len() as u64;
-            self.window.clear();
-            return Some(Drift {
-                direction: Direction::Down,
-                after,
-                reference_mean: m_ref,
-                mean: m_rec,
-            });
-        }
-        None
+        let range = self.range();
+        self.best_reference = self.best_reference.max(m_ref);
+        let direction = if drop > self.cfg.min_drop * range && drop > self.cfg.z * se {
+            Direction::Down
+        } else if settled && self.stuck(m_ref, m_rec, range) {
+            Direction::Stuck
+        } else {
+            return None;
+        };
+        let after = self.window.len() as u64;
+        self.window.clear();
+        Some(Drift {
+            direction,
+            after,
+            reference_mean: if direction == Direction::Stuck {
+                self.best_reference
+            } else {
+                m_ref
+            },
+            mean: m_rec,
+        })
+    }
+
+    /// Whether both windows sit at the bottom of the world's range while the remembered
+    /// returns still show its top and a reference window once held it.
+    fn stuck(&self, m_ref: f64, m_rec: f64, range: f64) -> bool {
+        let (lo, hi) = self.quantiles();
+        let margin = self.cfg.min_drop * range;
+        range > 0.0
+            && hi - lo > margin
+            && self.best_reference > hi - margin
+            && m_ref < lo + margin
+            && m_rec < lo + margin
     }
 }
 
@@ -273,13 +314,19 @@ impl ReturnDrop {
 
     /// The 5th to 95th percentile span of the remembered returns.
     fn span(&self) -> f64 {
+        let (lo, hi) = self.quantiles();
+        hi - lo
+    }
+
+    /// The 5th and 95th percentiles of the remembered returns (0 and 0 for none).
+    fn quantiles(&self) -> (f64, f64) {
         let mut v: Vec<f64> = self.history.iter().copied().collect();
         v.sort_by(f64::total_cmp);
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
         if v.is_empty() {
-            0.0
+            (0.0, 0.0)
         } else {
-            at(0.95) - at(0.05)
+            (at(0.05), at(0.95))
         }
     }
 }
@@ -424,6 +471,49 @@ mod tests {
         // The goal moved: every episode times out.
         let k = (1..=20).find(|_| d.update(-1.0).is_some());
         assert!(k.is_some_and(|k| k <= 10), "{k:?}");
+    }
+
+    #[test]
+    fn a_policy_stuck_at_the_bottom_is_seen_once_exploration_settles() {
+        let mut d = ReturnDrop::new(ReturnDropConfig::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        // Learning from the floor to the top, exploration settled: never "stuck".
+        for i in 0..300 {
+            let x = if rng.random::<f64>() < i as f64 / 200.0 {
+                0.88
+            } else {
+                -1.0
+            };
+            assert!(
+                d.update_settled(x, true).is_none(),
+                "learning alarmed at {i}"
+            );
+        }
+        // The world changes: a fall, seen as one.
+        let k = (1..=20).find(|_| d.update_settled(-1.0, true).is_some());
+        assert!(k.is_some_and(|k| k <= 10), "{k:?}");
+        // Still at the floor while the response explores: no alarm.
+        for i in 0..100 {
+            assert!(
+                d.update_settled(-1.0, false).is_none(),
+                "alarm while exploring at {i}"
+            );
+        }
+        // Exploration settled at the floor, returns still at the bottom: stuck.
+        let a = (0..60)
+            .find_map(|_| d.update_settled(-1.0, true))
+            .expect("a stuck alarm");
+        assert_eq!(a.direction, Direction::Stuck);
+        assert!(a.reference_mean > 0.8 && a.mean == -1.0, "{a:?}");
+        // Without `settled` (the plain `update`) never.
+        let mut plain = d.clone();
+        assert!((0..200).all(|_| plain.update(-1.0).is_none()));
+        // Once the remembered returns no longer show the top, the alarms stop.
+        let alarms = (0..3_000)
+            .filter_map(|i| d.update_settled(-1.0, true).map(|_| i))
+            .collect::<Vec<_>>();
+        assert!(alarms.iter().all(|&i| i < RANGE_MEMORY), "{alarms:?}");
+        assert!(alarms.len() <= RANGE_MEMORY / 30 + 1, "{}", alarms.len());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::actor::PolicyActor;
 use crate::adder::{Adder, ReplayAdder};
 use crate::config::{Mode, TrainConfig};
+use crate::drift::Direction;
 use crate::error::{AgentError, Result};
 use crate::eval::{EvalReport, evaluate_capped};
 use crate::fault::Fault;
@@ -798,7 +799,14 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
     /// replay window restarted; see [`crate::config::DriftSection`]) and records what they notice. A
     /// reflection that cannot be written is logged, never fatal.
     fn notice(&mut self, end: &EpisodeEnd<'_>) -> Result<()> {
-        let noticed = self.watch.observe(end.ret, end.first_abs_obs);
+        let settled = {
+            let horizon = Horizon::Run {
+                total: self.c.run.steps,
+            };
+            let floor = self.kind.exploration(self.c.learners(), u64::MAX, horizon);
+            self.trial.is_none() && self.exploration() <= floor + 1e-6
+        };
+        let noticed = self.watch.observe(end.ret, end.first_abs_obs, settled);
         let drift = &self.c.drift;
         let mut rows = Vec::new();
         if let Some(a) = &noticed.returns {
@@ -806,10 +814,13 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
             if self.trial.take().is_some() {
                 self.ck.shared.unpin();
             }
-            let kept = if drift.recall {
-                Some(self.remember(a.reference_mean, end.steps)?)
-            } else {
+            // A stuck learner mastered nothing worth keeping: all slots are candidates.
+            let kept = if !drift.recall {
                 None
+            } else if a.direction == Direction::Stuck {
+                Some(usize::MAX)
+            } else {
+                Some(self.remember(a.reference_mean, end.steps)?)
             };
             self.boosted_at = Some(end.steps);
             let replay_dropped = drift.restart_replay.then(|| {

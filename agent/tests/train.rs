@@ -764,7 +764,10 @@ fn train_re_adapts_to_a_new_regime_and_recalls_an_old_one() {
         })
         .unwrap_or_else(|| panic!("no recall after the move back to A: {recalls:#?}"));
     let at = recalled.data["change_at"].as_u64().unwrap();
-    assert!(recalled.data["steps"].as_u64().unwrap() < 21_500, "{recalled:#?}");
+    assert!(
+        recalled.data["steps"].as_u64().unwrap() < 21_500,
+        "{recalled:#?}"
+    );
     assert!(
         recalled
             .sentence

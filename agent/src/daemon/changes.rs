@@ -21,7 +21,8 @@ impl Shared {
         first_abs_obs: &[f32],
     ) -> Result<()> {
         lock(&self.board).push_return(started_at, ret);
-        let noticed = lock(&self.detectors).observe(ret, first_abs_obs);
+        let settled = self.exploration_settled(steps);
+        let noticed = lock(&self.detectors).observe(ret, first_abs_obs, settled);
         let version = Some(self.champion_version.load(Ordering::Relaxed));
         let drift = &self.cfg.drift;
         if let Some(a) = &noticed.returns {

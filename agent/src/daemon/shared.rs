@@ -236,6 +236,18 @@ impl Shared {
         )
     }
 
+    /// Whether exploration is back at the schedule's floor (no boost in progress).
+    pub(crate) fn exploration_settled(&self, steps: u64) -> bool {
+        let horizon = Horizon::Endless {
+            span: self.cfg.daemon.exploration_steps,
+        };
+        let lo = self
+            .dir
+            .kind
+            .exploration(self.cfg.learners(), u64::MAX, horizon);
+        self.exploration(steps) <= lo + 1e-6
+    }
+
     /// Stores a reflection and shows it on the board and in the log.
     pub(crate) fn reflect(
         &self,

@@ -56,8 +56,12 @@ impl ChangeWatch {
 
     /// Feeds one ended episode: its return and the magnitudes of its first observation's
     /// features (where the world started it, which no policy moves).
-    pub fn observe(&mut self, ret: f64, first_abs_obs: &[f32]) -> Noticed {
-        let returns = self.returns.update(ret);
+    ///
+    /// `settled`: exploration is back at its floor and no response is in progress, so returns
+    /// that stay at the bottom of the world's range are a policy stuck there (a `Stuck` alarm;
+    /// see [`ReturnDrop::update_settled`]), not a learner still searching.
+    pub fn observe(&mut self, ret: f64, first_abs_obs: &[f32], settled: bool) -> Noticed {
+        let returns = self.returns.update_settled(ret, settled);
         let observations = if self.cfg.watch_observations {
             self.obs.update(first_abs_obs)
         } else {
@@ -162,14 +166,26 @@ pub fn return_drift(
     response: Response,
 ) -> (Value, String) {
     let recent = cfg.returns.recent;
-    let sentence = format!(
-        "drift at step {steps}: the return fell from {:.3} to {:.3} (the last {recent} \
-         episodes against the {} before); {}",
-        a.reference_mean,
-        a.mean,
-        a.after.saturating_sub(recent as u64),
-        response.words(cfg)
-    );
+    let sentence = if a.direction == Direction::Stuck {
+        format!(
+            "drift at step {steps}: the return stays at {:.3}, at the bottom of what this world \
+             pays, where the agent once held {:.3} (the last {} episodes, exploration settled); \
+             {}",
+            a.mean,
+            a.reference_mean,
+            a.after,
+            response.words(cfg)
+        )
+    } else {
+        format!(
+            "drift at step {steps}: the return fell from {:.3} to {:.3} (the last {recent} \
+             episodes against the {} before); {}",
+            a.reference_mean,
+            a.mean,
+            a.after.saturating_sub(recent as u64),
+            response.words(cfg)
+        )
+    };
     let data = json!({
         "signal": "returns",
         "steps": steps,
@@ -193,7 +209,7 @@ pub fn observation_drift(
                 "mean |obs[{i}]| at reset {} from {:.3} to {:.3}",
                 match a.direction {
                     Direction::Up => "rose",
-                    Direction::Down => "fell",
+                    Direction::Down | Direction::Stuck => "fell",
                 },
                 a.reference_mean,
                 a.mean

@@ -29,7 +29,7 @@ use crate::error::{CoreError, Result, mul, shape_err, too_large};
 use crate::kernels::{self, Par, col_sum_acc, gemv_rows, matmul};
 use crate::layers::{Linear, par_for};
 use crate::limits::{MAX_DIM, MAX_EXPERTS, MAX_PARAMS, MAX_TOP_K};
-use crate::param::{Module, Param};
+use crate::param::{Grads, Module, Param};
 use crate::tensor::Tensor;
 
 const DROPPED: u32 = u32::MAX;
@@ -634,18 +634,19 @@ impl MoeLayer {
     /// Backward pass for the `x` and upstream gradient `dy` of the last forward. Accumulates
     /// parameter gradients (experts, router, including both auxiliary losses) and writes `dx`.
     pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        self.backward_impl(x, dy, dx, true)
+        self.backward_impl(x, dy, dx, Grads::All)
     }
 
-    /// [`MoeLayer::backward`], with the auxiliary losses' gradients left out when `with_aux`
-    /// is false: an input gradient taken through a frozen network (SAC's actor loss through
-    /// its critic) must not carry the critic's load-balancing objective.
+    /// [`MoeLayer::backward`] producing the gradients `grads` names: without the auxiliary
+    /// losses' gradients unless [`Grads::All`] (an input gradient taken through a frozen
+    /// network, SAC's actor loss through its critic, must not carry the critic's
+    /// load-balancing objective), and without any parameter gradient for [`Grads::Input`].
     pub(crate) fn backward_impl(
         &mut self,
         x: &Tensor,
         dy: &Tensor,
         dx: &mut Tensor,
-        with_aux: bool,
+        grads: Grads,
     ) -> Result<()> {
         let (d, h, e_n, k) = (
             self.cfg.d_model,
@@ -698,22 +699,23 @@ impl MoeLayer {
 
         // Experts backward, each on its own buffers and gradients.
         let dyd = dy.data();
+        let params = grads.params();
         match exec_for(t_n, k, e_n, d, h) {
             Exec::Seq => self
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq, params))?,
             Exec::ExpertParallel => self
                 .experts
                 .par_iter_mut()
                 .zip(self.ws.par_iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq, params))?,
             Exec::GemmParallel => self
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon))?,
+                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon, params))?,
         }
 
         // dx from the experts, token by token in rank order.
@@ -750,7 +752,7 @@ impl MoeLayer {
         // Router: gates → probabilities → logits, plus both auxiliary losses.
         grow(&mut self.dlogits, t_n * e_n, 0.0)?;
         let assignments = (t_n * k) as f32;
-        let aux_on = if with_aux { 1.0 } else { 0.0 };
+        let aux_on = if grads.aux() { 1.0 } else { 0.0 };
         let aux_scale = aux_on * self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
         let z_scale = aux_on * self.cfg.z_loss_coef * 2.0 / t_n as f32;
         for t in 0..t_n {
@@ -781,19 +783,21 @@ impl MoeLayer {
             }
         }
         let (wr, wg) = (&self.router.w.value, &mut self.router.w.grad);
-        matmul(
-            d,
-            e_n,
-            t_n,
-            x.data(),
-            true,
-            &self.dlogits,
-            false,
-            wg.data_mut(),
-            true,
-            par_for(d, e_n, t_n),
-        )?;
-        col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
+        if params {
+            matmul(
+                d,
+                e_n,
+                t_n,
+                x.data(),
+                true,
+                &self.dlogits,
+                false,
+                wg.data_mut(),
+                true,
+                par_for(d, e_n, t_n),
+            )?;
+            col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
+        }
         matmul(
             t_n,
             d,
@@ -879,6 +883,8 @@ fn expert_forward(
     Ok(())
 }
 
+/// One expert's backward pass: `dXe` into `ws.xe` and, with `params`, its weight and bias
+/// gradients.
 fn expert_backward(
     ex: &mut Expert,
     ws: &mut ExpertWs,
@@ -886,6 +892,7 @@ fn expert_backward(
     d: usize,
     h: usize,
     par: Par,
+    params: bool,
 ) -> Result<()> {
     let n = ws.n;
     if n == 0 {
@@ -900,19 +907,21 @@ fn expert_backward(
         );
     }
     // fc2: dW2 += Aᵀ·dYe, db2 += Σ dYe, dA = dYe·W2ᵀ (into `a`, whose values are no longer needed).
-    matmul(
-        h,
-        d,
-        n,
-        &ws.a,
-        true,
-        &ws.dye,
-        false,
-        ex.fc2.w.grad.data_mut(),
-        true,
-        par,
-    )?;
-    col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
+    if params {
+        matmul(
+            h,
+            d,
+            n,
+            &ws.a,
+            true,
+            &ws.dye,
+            false,
+            ex.fc2.w.grad.data_mut(),
+            true,
+            par,
+        )?;
+        col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
+    }
     matmul(
         n,
         h,
@@ -927,19 +936,21 @@ fn expert_backward(
     )?;
     gelu_bwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
     // fc1: dW1 += Xeᵀ·dH, db1 += Σ dH, dXe = dH·W1ᵀ (into `xe`, after dW1 has used it).
-    matmul(
-        d,
-        h,
-        n,
-        &ws.xe,
-        true,
-        &ws.a,
-        false,
-        ex.fc1.w.grad.data_mut(),
-        true,
-        par,
-    )?;
-    col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
+    if params {
+        matmul(
+            d,
+            h,
+            n,
+            &ws.xe,
+            true,
+            &ws.a,
+            false,
+            ex.fc1.w.grad.data_mut(),
+            true,
+            par,
+        )?;
+        col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
+    }
     matmul(
         n,
         d,

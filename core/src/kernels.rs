@@ -463,6 +463,30 @@ multiversion! {
 }
 
 multiversion! {
+    /// `a = GELU(h)` element-wise, and `h` replaced by `GELU'(h)` on the way, from the same
+    /// exponential: for a training pass whose backward needs `h` only through `GELU'(h)`.
+    /// Both are computed exactly as [`gelu_forward`] and [`gelu_backward_inplace`] compute
+    /// them.
+    pub fn gelu_forward_keep_grad(h: &mut [f32], a: &mut [f32]) {
+        for (ai, hi) in a.iter_mut().zip(h.iter_mut()) {
+            let x = *hi;
+            let (cdf, pdf) = phi_and_pdf(x);
+            *ai = x * cdf;
+            *hi = cdf + x * pdf;
+        }
+    }
+}
+
+multiversion! {
+    /// `y *= x` element-wise.
+    pub fn mul_inplace(x: &[f32], y: &mut [f32]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi *= xi;
+        }
+    }
+}
+
+multiversion! {
     /// `dh = da · GELU'(h)` element-wise, where `GELU'(x) = Φ(x) + x·φ(x)`. In place on `da`.
     pub fn gelu_backward_inplace(h: &[f32], da: &mut [f32]) {
         for (di, &hi) in da.iter_mut().zip(h) {
@@ -665,6 +689,24 @@ mod tests {
         }
         assert!(exp_fast(f32::NAN).is_nan());
         assert!(exp_fast(-f32::NAN).is_nan());
+    }
+
+    /// The fused forward gives the same activations and, in place of `h`, the factor the
+    /// backward pass would have computed from it, bit for bit.
+    #[test]
+    fn gelu_forward_keep_grad_matches_forward_then_backward() {
+        let h: Vec<f32> = (-1000..1000).map(|i| i as f32 * 0.0123).collect();
+        let mut a = vec![0.0; h.len()];
+        gelu_forward(&h, &mut a);
+        let mut da: Vec<f32> = (0..h.len()).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut want_dh = da.clone();
+        gelu_backward_inplace(&h, &mut want_dh);
+        let (mut g, mut a2) = (h.clone(), vec![0.0; h.len()]);
+        gelu_forward_keep_grad(&mut g, &mut a2);
+        mul_inplace(&g, &mut da);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a2), bits(&a));
+        assert_eq!(bits(&da), bits(&want_dh));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!    with `ã' ~ π(·|s_{t+n})`; no bootstrap after a terminal state;
 //! 3. each critic descends `½·mean(w (Q_j(s, a) − y)²)` plus its MoE auxiliary losses;
 //! 4. the actor descends `mean(α log π(ã|s) − min_j Q_j(s, ã))`, `ã = tanh(μ + σε)`: ∂Q/∂ã
-//!    comes from the critics' [`Network::backward_input`] (the last `A` input columns), then
+//!    comes from the critics' [`Network::input_gradient`] (the last `A` input columns), then
 //!    [`SquashedGaussian::backward`] carries it and ∂/∂log π to the actor's raw output;
 //! 5. the temperature descends `−log α · mean(log π + H̄)` with target entropy `H̄ = −A`
 //!    ([`autodidact_core::loss::entropy_temperature`]);
@@ -333,9 +333,9 @@ struct ActorScratch {
 
 /// SAC's actor loss `mean(α log π(ã|s) − min(Q1, Q2)(s, ã))` for the actor's raw output `raw`
 /// on `obs` and the noise `eps`, and its gradient with respect to `raw` (left in
-/// `s.d_raw`). ∂Q/∂ã comes through each critic's [`Network::backward_input`]; the minimum
+/// `s.d_raw`). ∂Q/∂ã comes through each critic's [`Network::input_gradient`]; the minimum
 /// passes the gradient to the critic that was smaller on each row. The critics' parameter
-/// gradients are touched as a side effect: their owner clears them.
+/// gradients are left untouched.
 fn actor_loss(
     critics: [&mut Network; 2],
     obs: &Tensor,
@@ -368,7 +368,7 @@ fn actor_loss(
     s.d_action.resize(&[rows, a_dim]);
     s.d_action.fill(0.0);
     for (net, d_q) in [(q1_net, &s.d_q1), (q2_net, &s.d_q2)] {
-        let d_x = net.backward_input(d_q)?;
+        let d_x = net.input_gradient(d_q)?;
         for i in 0..rows {
             for (d, &g) in s.d_action.row_mut(i).iter_mut().zip(&d_x.row(i)[obs_dim..]) {
                 *d += g;
@@ -829,8 +829,8 @@ impl Learner for SacLearner {
                 .update_priorities(&self.batch.ids[..rows], &self.prios)?;
         }
 
-        // 4. The actor through the (just updated) critics; their parameter gradients from
-        // this pass are not theirs to apply.
+        // 4. The actor through the (just updated) critics, frozen: their parameter gradients
+        // are not taken.
         let raw = self.actor.forward(&self.obs, true)?;
         fill_normal(&mut self.rng, &mut self.eps, rows, a_dim);
         let actor_loss = actor_loss(
@@ -842,8 +842,6 @@ impl Learner for SacLearner {
             &mut self.pi,
             &mut self.scratch,
         )?;
-        self.q1.zero_grad();
-        self.q2.zero_grad();
         self.actor.backward(&self.scratch.d_raw)?;
         let actor_aux = self.actor.aux_loss();
         self.actor_opt.step(&mut self.actor, actor_loss + actor_aux);

@@ -401,6 +401,10 @@ multiversion! {
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5·2^23: adding it rounds an f32 of magnitude below 2^22 to an integer.
+const MAGIC: f32 = 12_582_912.0;
+/// The bits of [`MAGIC`]: subtracted from the bits of `v + MAGIC` they give the rounded `v`.
+const MAGIC_BITS: i32 = 0x4B40_0000;
 
 /// `e^x` to about 2e-7 relative error, written so that a loop over it vectorises (no libm
 /// call): range reduction by `ln 2`, a degree-6 polynomial, and the exponent set by bits.
@@ -408,13 +412,19 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 pub fn exp_fast(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5·2^23 trick: no rounding intrinsic, so it vectorises.
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // `n` as an integer from the bits of `shifted` (the same value as `n as i32` for every
+    // clamped input), because a float-to-int cast saturates and checks for NaN lane by lane,
+    // which kept the loops over this function scalar. Wrapping: a NaN input gives garbage
+    // bits here, but `p` is NaN then, and so is the result.
+    let ni = (shifted.to_bits() as i32).wrapping_sub(MAGIC_BITS);
+    let bits = (ni.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
@@ -448,6 +458,30 @@ multiversion! {
     pub fn gelu_forward(h: &[f32], a: &mut [f32]) {
         for (ai, &hi) in a.iter_mut().zip(h) {
             *ai = hi * phi_and_pdf(hi).0;
+        }
+    }
+}
+
+multiversion! {
+    /// `a = GELU(h)` element-wise, and `h` replaced by `GELU'(h)` on the way, from the same
+    /// exponential: for a training pass whose backward needs `h` only through `GELU'(h)`.
+    /// Both are computed exactly as [`gelu_forward`] and [`gelu_backward_inplace`] compute
+    /// them.
+    pub fn gelu_forward_keep_grad(h: &mut [f32], a: &mut [f32]) {
+        for (ai, hi) in a.iter_mut().zip(h.iter_mut()) {
+            let x = *hi;
+            let (cdf, pdf) = phi_and_pdf(x);
+            *ai = x * cdf;
+            *hi = cdf + x * pdf;
+        }
+    }
+}
+
+multiversion! {
+    /// `y *= x` element-wise.
+    pub fn mul_inplace(x: &[f32], y: &mut [f32]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi *= xi;
         }
     }
 }
@@ -621,6 +655,58 @@ mod tests {
         assert!(matches!(r, Err(CoreError::Shape { .. })));
         let r = gemv_rows(1, 4, 1, &a, &b, Some(&a[..2]), &mut c);
         assert!(matches!(r, Err(CoreError::Shape { .. })));
+    }
+
+    /// The exponent taken from the bits of the rounded sum is the cast it replaced, for every
+    /// input: the function's results are bit-for-bit those of the cast form.
+    #[test]
+    fn exp_fast_matches_the_cast_form_bit_for_bit() {
+        let cast_form = |x: f32| {
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * LOG2E + MAGIC) - MAGIC;
+            let r = x - n * LN2_HI - n * LN2_LO;
+            let p = 1.0
+                + r * (1.0
+                    + r * (0.5
+                        + r * (1.0 / 6.0
+                            + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        };
+        let mut xs: Vec<f32> = (-200_000..200_000).map(|i| i as f32 * 1e-3).collect();
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            -0.0,
+            87.0,
+            -87.0,
+            88.0,
+        ]);
+        for x in xs {
+            assert_eq!(exp_fast(x).to_bits(), cast_form(x).to_bits(), "x = {x}");
+        }
+        assert!(exp_fast(f32::NAN).is_nan());
+        assert!(exp_fast(-f32::NAN).is_nan());
+    }
+
+    /// The fused forward gives the same activations and, in place of `h`, the factor the
+    /// backward pass would have computed from it, bit for bit.
+    #[test]
+    fn gelu_forward_keep_grad_matches_forward_then_backward() {
+        let h: Vec<f32> = (-1000..1000).map(|i| i as f32 * 0.0123).collect();
+        let mut a = vec![0.0; h.len()];
+        gelu_forward(&h, &mut a);
+        let mut da: Vec<f32> = (0..h.len()).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut want_dh = da.clone();
+        gelu_backward_inplace(&h, &mut want_dh);
+        let (mut g, mut a2) = (h.clone(), vec![0.0; h.len()]);
+        gelu_forward_keep_grad(&mut g, &mut a2);
+        mul_inplace(&g, &mut da);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a2), bits(&a));
+        assert_eq!(bits(&da), bits(&want_dh));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::error::{CoreError, Result, mul, shape_err, too_large};
 use crate::kernels::{self, Par, col_sum_acc, gemv_rows, matmul};
 use crate::layers::{Linear, par_for};
 use crate::limits::{MAX_DIM, MAX_EXPERTS, MAX_PARAMS, MAX_TOP_K};
-use crate::param::{Module, Param};
+use crate::param::{Grads, Module, Param};
 use crate::tensor::Tensor;
 
 const DROPPED: u32 = u32::MAX;
@@ -58,7 +58,9 @@ enum Exec {
 /// tasks cannot fill the pool and the GEMMs are split instead.
 fn exec_for(t_n: usize, k: usize, e_n: usize, d: usize, h: usize) -> Exec {
     let work = expert_work(t_n, k, d, h);
-    if work < SEQ_EXPERT_WORK {
+    // A pool of one thread (the learner's default) runs everything on it anyway: rayon's
+    // splitting and joins would be pure overhead.
+    if work < SEQ_EXPERT_WORK || rayon::current_num_threads() == 1 {
         Exec::Seq
     } else if e_n < rayon::current_num_threads() && work / e_n >= GEMM_PAR_EXPERT_WORK {
         Exec::GemmParallel
@@ -257,7 +259,8 @@ struct ExpertWs {
     gate: Vec<f32>,
     /// Gathered inputs `[n, d]`; reused for `dXe` in backward.
     xe: Vec<f32>,
-    /// Pre-activations `[n, h]`.
+    /// Pre-activations `[n, h]`, or after a training forward pass their `GELU'`
+    /// (see [`MoeLayer`]'s `h_is_grad`).
     h: Vec<f32>,
     /// Activations `[n, h]`; reused for `dA`/`dH` in backward.
     a: Vec<f32>,
@@ -309,6 +312,10 @@ pub struct MoeLayer {
     dlogits: Vec<f32>,
     noise_rng: ChaCha8Rng,
     stats: MoeStats,
+    /// Whether the last forward pass was a training pass, which leaves each expert's `h`
+    /// holding `GELU'(h)` (computed with the activation, from the same exponential) instead
+    /// of `h`: backward then multiplies instead of evaluating the derivative again.
+    h_is_grad: bool,
 }
 
 impl MoeLayer {
@@ -343,6 +350,7 @@ impl MoeLayer {
             dlogits: Vec::new(),
             noise_rng,
             stats: MoeStats::default(),
+            h_is_grad: false,
         })
     }
 
@@ -410,29 +418,30 @@ impl MoeLayer {
         mul("MoeLayer::forward router", t_n, e_n)?;
         mul("MoeLayer::forward assignments", t_n, k)?;
         self.tokens = t_n;
+        self.h_is_grad = train;
         self.route(x, train)?;
         self.dispatch()?;
 
         // Experts: gather → fc1 → GELU → fc2, each on its own buffers.
         let h = self.cfg.d_hidden;
-        let work = expert_work(t_n, k, d, h);
         let xd = x.data();
-        match exec_for(t_n, k, e_n, d, h) {
+        let exec = exec_for(t_n, k, e_n, d, h);
+        match exec {
             Exec::Seq => self
                 .experts
                 .iter()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq, train))?,
             Exec::ExpertParallel => self
                 .experts
                 .par_iter()
                 .zip(self.ws.par_iter_mut())
-                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Seq, train))?,
             Exec::GemmParallel => self
                 .experts
                 .iter()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Rayon))?,
+                .try_for_each(|(ex, ws)| expert_forward(ex, ws, xd, d, h, Par::Rayon, train))?,
         }
 
         // Combine by weighted scatter-add, token by token in rank order (deterministic).
@@ -449,7 +458,7 @@ impl MoeLayer {
                 }
             }
         };
-        if work < SEQ_EXPERT_WORK {
+        if exec == Exec::Seq {
             y.data_mut()
                 .chunks_exact_mut(d)
                 .enumerate()
@@ -634,18 +643,19 @@ impl MoeLayer {
     /// Backward pass for the `x` and upstream gradient `dy` of the last forward. Accumulates
     /// parameter gradients (experts, router, including both auxiliary losses) and writes `dx`.
     pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
-        self.backward_impl(x, dy, dx, true)
+        self.backward_impl(x, dy, dx, Grads::All)
     }
 
-    /// [`MoeLayer::backward`], with the auxiliary losses' gradients left out when `with_aux`
-    /// is false: an input gradient taken through a frozen network (SAC's actor loss through
-    /// its critic) must not carry the critic's load-balancing objective.
+    /// [`MoeLayer::backward`] producing the gradients `grads` names: without the auxiliary
+    /// losses' gradients unless [`Grads::All`] (an input gradient taken through a frozen
+    /// network, SAC's actor loss through its critic, must not carry the critic's
+    /// load-balancing objective), and without any parameter gradient for [`Grads::Input`].
     pub(crate) fn backward_impl(
         &mut self,
         x: &Tensor,
         dy: &Tensor,
         dx: &mut Tensor,
-        with_aux: bool,
+        grads: Grads,
     ) -> Result<()> {
         let (d, h, e_n, k) = (
             self.cfg.d_model,
@@ -663,7 +673,8 @@ impl MoeLayer {
                 dy.shape(),
             ));
         }
-        let seq = expert_work(t_n, k, d, h) < SEQ_EXPERT_WORK;
+        let exec = exec_for(t_n, k, e_n, d, h);
+        let seq = exec == Exec::Seq;
 
         // Gate gradients: dL/dg = dy_t · ye. T·k and T·E fit: the forward pass checked them.
         grow(&mut self.dgate, t_n * k, 0.0)?;
@@ -698,22 +709,30 @@ impl MoeLayer {
 
         // Experts backward, each on its own buffers and gradients.
         let dyd = dy.data();
-        match exec_for(t_n, k, e_n, d, h) {
+        let params = grads.params();
+        let h_is_grad = self.h_is_grad;
+        match exec {
             Exec::Seq => self
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| {
+                    expert_backward(ex, ws, dyd, d, h, Par::Seq, params, h_is_grad)
+                })?,
             Exec::ExpertParallel => self
                 .experts
                 .par_iter_mut()
                 .zip(self.ws.par_iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Seq))?,
+                .try_for_each(|(ex, ws)| {
+                    expert_backward(ex, ws, dyd, d, h, Par::Seq, params, h_is_grad)
+                })?,
             Exec::GemmParallel => self
                 .experts
                 .iter_mut()
                 .zip(self.ws.iter_mut())
-                .try_for_each(|(ex, ws)| expert_backward(ex, ws, dyd, d, h, Par::Rayon))?,
+                .try_for_each(|(ex, ws)| {
+                    expert_backward(ex, ws, dyd, d, h, Par::Rayon, params, h_is_grad)
+                })?,
         }
 
         // dx from the experts, token by token in rank order.
@@ -750,7 +769,7 @@ impl MoeLayer {
         // Router: gates → probabilities → logits, plus both auxiliary losses.
         grow(&mut self.dlogits, t_n * e_n, 0.0)?;
         let assignments = (t_n * k) as f32;
-        let aux_on = if with_aux { 1.0 } else { 0.0 };
+        let aux_on = if grads.aux() { 1.0 } else { 0.0 };
         let aux_scale = aux_on * self.cfg.aux_loss_coef * e_n as f32 / t_n as f32;
         let z_scale = aux_on * self.cfg.z_loss_coef * 2.0 / t_n as f32;
         for t in 0..t_n {
@@ -781,19 +800,21 @@ impl MoeLayer {
             }
         }
         let (wr, wg) = (&self.router.w.value, &mut self.router.w.grad);
-        matmul(
-            d,
-            e_n,
-            t_n,
-            x.data(),
-            true,
-            &self.dlogits,
-            false,
-            wg.data_mut(),
-            true,
-            par_for(d, e_n, t_n),
-        )?;
-        col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
+        if params {
+            matmul(
+                d,
+                e_n,
+                t_n,
+                x.data(),
+                true,
+                &self.dlogits,
+                false,
+                wg.data_mut(),
+                true,
+                par_for(d, e_n, t_n),
+            )?;
+            col_sum_acc(self.router.b.grad.data_mut(), &self.dlogits);
+        }
         matmul(
             t_n,
             d,
@@ -825,27 +846,45 @@ fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) -> Result<()> {
     Ok(())
 }
 
-/// Element-wise work split into pool-sized pieces when the GEMMs are split too.
-fn gelu_fwd(h: &[f32], a: &mut [f32], par: Par) {
+/// Element-wise work split into pool-sized pieces when the GEMMs are split too. With
+/// `keep_grad`, `h` is replaced by `GELU'(h)` (see [`kernels::gelu_forward_keep_grad`]).
+fn gelu_fwd(h: &mut [f32], a: &mut [f32], par: Par, keep_grad: bool) {
+    let f = |hc: &mut [f32], ac: &mut [f32]| {
+        if keep_grad {
+            kernels::gelu_forward_keep_grad(hc, ac);
+        } else {
+            kernels::gelu_forward(hc, ac);
+        }
+    };
     match par {
-        Par::Seq => kernels::gelu_forward(h, a),
+        Par::Seq => f(h, a),
         Par::Rayon => a
             .par_chunks_mut(1 << 14)
-            .zip(h.par_chunks(1 << 14))
-            .for_each(|(ac, hc)| kernels::gelu_forward(hc, ac)),
+            .zip(h.par_chunks_mut(1 << 14))
+            .for_each(|(ac, hc)| f(hc, ac)),
     }
 }
 
-fn gelu_bwd(h: &[f32], da: &mut [f32], par: Par) {
+/// `da *= GELU'(h)`; `h` holds `GELU'(h)` already when `h_is_grad`.
+fn gelu_bwd(h: &[f32], da: &mut [f32], par: Par, h_is_grad: bool) {
+    let f = |hc: &[f32], dc: &mut [f32]| {
+        if h_is_grad {
+            kernels::mul_inplace(hc, dc);
+        } else {
+            kernels::gelu_backward_inplace(hc, dc);
+        }
+    };
     match par {
-        Par::Seq => kernels::gelu_backward_inplace(h, da),
+        Par::Seq => f(h, da),
         Par::Rayon => da
             .par_chunks_mut(1 << 14)
             .zip(h.par_chunks(1 << 14))
-            .for_each(|(dc, hc)| kernels::gelu_backward_inplace(hc, dc)),
+            .for_each(|(dc, hc)| f(hc, dc)),
     }
 }
 
+/// One expert's forward pass; with `train`, `ws.h` is left holding `GELU'` of the
+/// pre-activations, which is all the backward pass needs of them.
 fn expert_forward(
     ex: &Expert,
     ws: &mut ExpertWs,
@@ -853,6 +892,7 @@ fn expert_forward(
     d: usize,
     h: usize,
     par: Par,
+    train: bool,
 ) -> Result<()> {
     let n = ws.n;
     if n == 0 {
@@ -869,7 +909,7 @@ fn expert_forward(
         matmul(n, h, d, &ws.xe, false, w1, false, &mut ws.h, false, par)?;
         kernels::add_bias(&mut ws.h[..n * h], b1);
     }
-    gelu_fwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
+    gelu_fwd(&mut ws.h[..n * h], &mut ws.a[..n * h], par, train);
     if n <= 4 {
         gemv_rows(n, d, h, &ws.a, w2, Some(b2), &mut ws.ye)?;
     } else {
@@ -879,6 +919,9 @@ fn expert_forward(
     Ok(())
 }
 
+/// One expert's backward pass: `dXe` into `ws.xe` and, with `params`, its weight and bias
+/// gradients.
+#[allow(clippy::too_many_arguments)]
 fn expert_backward(
     ex: &mut Expert,
     ws: &mut ExpertWs,
@@ -886,6 +929,8 @@ fn expert_backward(
     d: usize,
     h: usize,
     par: Par,
+    params: bool,
+    h_is_grad: bool,
 ) -> Result<()> {
     let n = ws.n;
     if n == 0 {
@@ -900,19 +945,21 @@ fn expert_backward(
         );
     }
     // fc2: dW2 += Aᵀ·dYe, db2 += Σ dYe, dA = dYe·W2ᵀ (into `a`, whose values are no longer needed).
-    matmul(
-        h,
-        d,
-        n,
-        &ws.a,
-        true,
-        &ws.dye,
-        false,
-        ex.fc2.w.grad.data_mut(),
-        true,
-        par,
-    )?;
-    col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
+    if params {
+        matmul(
+            h,
+            d,
+            n,
+            &ws.a,
+            true,
+            &ws.dye,
+            false,
+            ex.fc2.w.grad.data_mut(),
+            true,
+            par,
+        )?;
+        col_sum_acc(ex.fc2.b.grad.data_mut(), &ws.dye[..n * d]);
+    }
     matmul(
         n,
         h,
@@ -925,21 +972,23 @@ fn expert_backward(
         false,
         par,
     )?;
-    gelu_bwd(&ws.h[..n * h], &mut ws.a[..n * h], par);
+    gelu_bwd(&ws.h[..n * h], &mut ws.a[..n * h], par, h_is_grad);
     // fc1: dW1 += Xeᵀ·dH, db1 += Σ dH, dXe = dH·W1ᵀ (into `xe`, after dW1 has used it).
-    matmul(
-        d,
-        h,
-        n,
-        &ws.xe,
-        true,
-        &ws.a,
-        false,
-        ex.fc1.w.grad.data_mut(),
-        true,
-        par,
-    )?;
-    col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
+    if params {
+        matmul(
+            d,
+            h,
+            n,
+            &ws.xe,
+            true,
+            &ws.a,
+            false,
+            ex.fc1.w.grad.data_mut(),
+            true,
+            par,
+        )?;
+        col_sum_acc(ex.fc1.b.grad.data_mut(), &ws.a[..n * h]);
+    }
     matmul(
         n,
         d,

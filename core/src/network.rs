@@ -14,7 +14,7 @@ use crate::layers::{LayerNorm, Linear, gelu_backward, gelu_forward};
 use crate::limits::{MAX_BLOCKS, MAX_DIM, MAX_PARAMS};
 use crate::moe::{MoeConfig, MoeLayer, MoeStats};
 use crate::normalizer::ObsNormalizer;
-use crate::param::{Module, Param};
+use crate::param::{Grads, Module, Param};
 use crate::tensor::Tensor;
 
 /// One residual block.
@@ -402,18 +402,27 @@ impl Block {
         Ok(())
     }
 
-    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor, with_aux: bool) -> Result<()> {
+    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor, grads: Grads) -> Result<()> {
         match &mut self.ffn {
-            Ffn::Moe(m) => m.backward_impl(&self.normed, dy, &mut self.g_normed, with_aux)?,
+            Ffn::Moe(m) => m.backward_impl(&self.normed, dy, &mut self.g_normed, grads)?,
             Ffn::Dense { fc1, fc2, h, a, g } => {
-                fc2.backward(a, dy, Some(g))?;
+                if grads.params() {
+                    fc2.backward(a, dy, Some(g))?;
+                } else {
+                    fc2.input_grad(dy, g)?;
+                }
                 let ga = std::mem::take(g);
                 gelu_backward(h, &ga, g);
                 *a = ga; // keep the buffer for the next step
-                fc1.backward(&self.normed, g, Some(&mut self.g_normed))?;
+                if grads.params() {
+                    fc1.backward(&self.normed, g, Some(&mut self.g_normed))?;
+                } else {
+                    fc1.input_grad(g, &mut self.g_normed)?;
+                }
             }
         }
-        self.norm.backward(x, &self.g_normed, dx)?;
+        self.norm
+            .backward_impl(x, &self.g_normed, dx, grads.params())?;
         for (d, &g) in dx.data_mut().iter_mut().zip(dy.data()) {
             *d += g;
         }
@@ -509,9 +518,17 @@ impl Head {
         }
     }
 
-    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+    fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor, params: bool) -> Result<()> {
+        // `lin(layer, input, dy, dx)`: the layer's backward, or its input gradient alone.
+        let lin = |l: &mut Linear, x: &Tensor, dy: &Tensor, dx: &mut Tensor| {
+            if params {
+                l.backward(x, dy, Some(dx))
+            } else {
+                l.input_grad(dy, dx)
+            }
+        };
         match self {
-            Head::Linear(l) => l.backward(x, dy, Some(dx)),
+            Head::Linear(l) => lin(l, x, dy, dx),
             Head::DuelingQ {
                 value,
                 adv,
@@ -531,8 +548,8 @@ impl Head {
                         *g = d - s / n as f32;
                     }
                 }
-                value.backward(x, gv, Some(dx))?;
-                adv.backward(x, ga, Some(gx))?;
+                lin(value, x, gv, dx)?;
+                lin(adv, x, ga, gx)?;
                 for (d, &g) in dx.data_mut().iter_mut().zip(gx.data()) {
                     *d += g;
                 }
@@ -553,8 +570,8 @@ impl Head {
                     gl.row_mut(r).copy_from_slice(&dy.row(r)[..n]);
                     gv.row_mut(r)[0] = dy.row(r)[n];
                 }
-                logits.backward(x, gl, Some(dx))?;
-                value.backward(x, gv, Some(gx))?;
+                lin(logits, x, gl, dx)?;
+                lin(value, x, gv, gx)?;
                 for (d, &g) in dx.data_mut().iter_mut().zip(gx.data()) {
                     *d += g;
                 }
@@ -727,7 +744,7 @@ impl Network {
     /// Back-propagates `d_out` (the loss gradient with respect to the last output) and the
     /// MoE auxiliary losses, accumulating into every parameter's gradient.
     pub fn backward(&mut self, d_out: &Tensor) -> Result<()> {
-        self.backward_blocks(d_out, true)?;
+        self.backward_blocks(d_out, Grads::All)?;
         self.input.backward(&self.x_in, &self.g_b, None)
     }
 
@@ -746,7 +763,7 @@ impl Network {
     /// It costs one GEMM more than [`Network::backward`] (the input layer's `dx`), which is
     /// why that gradient is a separate call rather than part of every backward pass.
     pub fn backward_input(&mut self, d_out: &Tensor) -> Result<&Tensor> {
-        self.backward_blocks(d_out, false)?;
+        self.backward_blocks(d_out, Grads::Task)?;
         self.input
             .backward(&self.x_in, &self.g_b, Some(&mut self.g_a))?;
         self.normalizer
@@ -754,9 +771,23 @@ impl Network {
         Ok(&self.d_obs)
     }
 
+    /// The gradient of `Σ d_out ⊙ out` with respect to the raw observation passed to the last
+    /// [`Network::forward`], as [`Network::backward_input`] computes it (the same numbers, bit
+    /// for bit), but with every parameter gradient left untouched: for a network treated as
+    /// frozen, such as SAC's critics under the actor's loss. It skips every weight-gradient
+    /// product, which is about a third of a backward pass, and the caller has nothing to
+    /// clear afterwards.
+    pub fn input_gradient(&mut self, d_out: &Tensor) -> Result<&Tensor> {
+        self.backward_blocks(d_out, Grads::Input)?;
+        self.input.input_grad(&self.g_b, &mut self.g_a)?;
+        self.normalizer
+            .backward(&self.x_in, &self.g_a, &mut self.d_obs)?;
+        Ok(&self.d_obs)
+    }
+
     /// The head, final norm and blocks in reverse, leaving the gradient with respect to the
     /// input layer's output in `g_b`.
-    fn backward_blocks(&mut self, d_out: &Tensor, with_aux: bool) -> Result<()> {
+    fn backward_blocks(&mut self, d_out: &Tensor, grads: Grads) -> Result<()> {
         if d_out.shape() != self.out.shape() {
             return Err(crate::error::shape_err(
                 "Network::backward",
@@ -764,12 +795,14 @@ impl Network {
                 d_out.shape(),
             ));
         }
-        self.head.backward(&self.fin, d_out, &mut self.g_a)?;
+        let params = grads.params();
+        self.head
+            .backward(&self.fin, d_out, &mut self.g_a, params)?;
         let n = self.blocks.len();
         self.final_norm
-            .backward(&self.acts[n], &self.g_a, &mut self.g_b)?;
+            .backward_impl(&self.acts[n], &self.g_a, &mut self.g_b, params)?;
         for i in (0..n).rev() {
-            self.blocks[i].backward(&self.acts[i], &self.g_b, &mut self.g_a, with_aux)?;
+            self.blocks[i].backward(&self.acts[i], &self.g_b, &mut self.g_a, grads)?;
             std::mem::swap(&mut self.g_a, &mut self.g_b);
         }
         Ok(())

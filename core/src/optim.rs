@@ -278,6 +278,25 @@ impl AdamW {
             inv_sqrt_bc2: 1.0 / (1.0 - c.beta2.powi(t)).sqrt(),
         };
         let wd = c.weight_decay;
+        let chunks: usize = self.m.iter().map(|m| m.len().div_ceil(PAR_CHUNK)).sum();
+        if chunks <= 2 || rayon::current_num_threads() == 1 {
+            // One pass on the calling thread, allocating nothing: the pool would only add
+            // its overhead (element-wise, so the result is the same either way).
+            let (mut ms, mut vs) = (self.m.iter_mut(), self.v.iter_mut());
+            model.visit_params_mut(&mut |p| {
+                if let (Some(m), Some(v)) = (ms.next(), vs.next()) {
+                    let s = AdamWStep {
+                        weight_decay: if p.decay { wd } else { 0.0 },
+                        ..base
+                    };
+                    kernels::adamw_update(p.value.data_mut(), p.grad.data_mut(), m, v, s, clip);
+                }
+            });
+            return StepOutcome::Applied {
+                grad_norm: norm,
+                lr,
+            };
+        }
         // Every (parameter, moments) chunk is independent: update them all in parallel, in
         // chunks small enough to balance the pool. Element-wise, so the result does not depend
         // on how the pool schedules them.
@@ -308,14 +327,8 @@ impl AdamW {
                 work.push((pc, gc, mc, vc, s));
             }
         }
-        if work.len() <= 2 {
-            for (p, g, m, v, s) in work {
-                kernels::adamw_update(p, g, m, v, s, clip);
-            }
-        } else {
-            work.into_par_iter()
-                .for_each(|(p, g, m, v, s)| kernels::adamw_update(p, g, m, v, s, clip));
-        }
+        work.into_par_iter()
+            .for_each(|(p, g, m, v, s)| kernels::adamw_update(p, g, m, v, s, clip));
         StepOutcome::Applied {
             grad_norm: norm,
             lr,

@@ -3,6 +3,31 @@
 
 use crate::tensor::Tensor;
 
+/// Which gradients a backward pass produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grads {
+    /// Parameter gradients of the task loss and of the MoE auxiliary losses, and `dx`.
+    All,
+    /// Parameter gradients of the task loss alone, and `dx`: the auxiliary losses belong to
+    /// the network's own training, not to an objective taken through it.
+    Task,
+    /// `dx` alone, parameter gradients untouched: the input gradient through a network
+    /// treated as frozen, which skips every weight-gradient product.
+    Input,
+}
+
+impl Grads {
+    /// Whether the MoE auxiliary losses' gradients are added.
+    pub(crate) fn aux(self) -> bool {
+        self == Grads::All
+    }
+
+    /// Whether parameter gradients are accumulated.
+    pub(crate) fn params(self) -> bool {
+        self != Grads::Input
+    }
+}
+
 /// A trainable tensor with its gradient.
 #[derive(Clone, Debug)]
 pub struct Param {

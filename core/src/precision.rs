@@ -168,9 +168,8 @@ struct Norm {
 impl Norm {
     fn forward(&self, x: &[f32], y: &mut [f32]) {
         let d = self.gamma.len();
-        let mu = x[..d].iter().sum::<f32>() / d as f32;
-        let var = x[..d].iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
-        let rs = 1.0 / (var + 1e-5).sqrt();
+        // The training layer's statistics, so acting normalises exactly as training does.
+        let (mu, rs) = crate::layers::layer_norm_row_stats(&x[..d], 1e-5);
         for i in 0..d {
             y[i] = (x[i] - mu) * rs * self.gamma[i] + self.beta[i];
         }

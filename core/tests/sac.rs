@@ -549,3 +549,61 @@ fn backward_is_unchanged_by_backward_input() {
     };
     assert_eq!(grads(false), grads(true));
 }
+
+/// `input_gradient` gives exactly `backward_input`'s input gradient (which the tests above
+/// check against finite differences), for every head, block kind and with the normaliser, and
+/// leaves every parameter gradient as it found it.
+#[test]
+fn input_gradient_is_backward_input_without_parameter_gradients() {
+    let mut r = rng(115);
+    for head in [
+        HeadConfig::Linear { out_dim: 2 },
+        HeadConfig::DuelingQ { n_actions: 3 },
+        HeadConfig::PolicyValue { n_actions: 2 },
+    ] {
+        for normalize in [false, true] {
+            let cfg = NetworkConfig {
+                obs_dim: OBS,
+                d_model: 8,
+                blocks: vec![moe_block(), BlockConfig::Dense { d_hidden: 12 }],
+                head: head.clone(),
+                normalize_obs: normalize,
+                obs_clip: 1.5,
+            };
+            let mut net = Network::new(cfg, 9).unwrap();
+            if normalize {
+                let stats = rand_tensor(&mut r, 64, OBS, -1.0, 3.0);
+                net.normalizer.update(&stats).unwrap();
+            }
+            let obs = rand_tensor(&mut r, ROWS, OBS, -3.0, 3.0);
+            let out_cols = net.forward(&obs, true).unwrap().cols();
+            let dout = rand_tensor(&mut r, ROWS, out_cols, -1.0, 1.0);
+            // Stale gradients, which the frozen path must neither clear nor add to.
+            net.visit_params_mut(&mut |p| {
+                for g in p.grad.data_mut() {
+                    *g = r.random_range(-1.0..1.0);
+                }
+            });
+            let before = grads_of(&net);
+            let mut reference = net.clone();
+            let want = reference.backward_input(&dout).unwrap().clone();
+            assert_ne!(
+                grads_of(&reference),
+                before,
+                "backward_input adds gradients"
+            );
+            let got = net.input_gradient(&dout).unwrap().clone();
+            let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{head:?}, normalised {normalize}");
+            assert!(
+                got.data().iter().any(|&g| g != 0.0),
+                "{head:?}: a zero gradient"
+            );
+            assert_eq!(
+                grads_of(&net),
+                before,
+                "{head:?}: parameter gradients touched"
+            );
+        }
+    }
+}

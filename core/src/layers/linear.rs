@@ -90,6 +90,26 @@ impl Linear {
         Ok(())
     }
 
+    /// Writes `dx = dy·Wᵀ` alone, leaving the parameter gradients untouched (an input
+    /// gradient through a layer treated as frozen).
+    pub fn input_grad(&self, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        dy.expect_cols("Linear::input_grad dy", self.d_out())?;
+        let (m, k, n) = (dy.rows(), self.d_in(), self.d_out());
+        dx.try_resize(&[m, k])?;
+        matmul(
+            m,
+            k,
+            n,
+            dy.data(),
+            false,
+            self.w.value.data(),
+            true,
+            dx.data_mut(),
+            false,
+            par_for(m, k, n),
+        )
+    }
+
     /// Accumulates `dW += xᵀ·dy`, `db += Σ dy`, and writes `dx = dy·Wᵀ` when asked for.
     pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) -> Result<()> {
         x.expect_cols("Linear::backward x", self.d_in())?;

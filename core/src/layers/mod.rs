@@ -12,6 +12,7 @@ mod softmax;
 pub use activation::{gelu_backward, gelu_forward, relu_backward, relu_forward};
 pub use linear::Linear;
 pub use norm::LayerNorm;
+pub(crate) use norm::row_stats as layer_norm_row_stats;
 pub use softmax::{log_softmax_backward, log_softmax_rows, softmax_backward, softmax_rows};
 
 use crate::kernels::Par;

@@ -45,23 +45,34 @@ impl LayerNorm {
         y.resize(&[m, d]);
         self.mean.resize(m, 0.0);
         self.rstd.resize(m, 0.0);
-        let (g, b) = (self.gamma.value.data(), self.beta.value.data());
-        for r in 0..m {
-            let xr = x.row(r);
-            let mu = xr.iter().sum::<f32>() / d as f32;
-            let var = xr.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
-            let rs = 1.0 / (var + self.eps).sqrt();
-            self.mean[r] = mu;
-            self.rstd[r] = rs;
-            for (((yv, &xv), &gv), &bv) in y.row_mut(r).iter_mut().zip(xr).zip(g).zip(b) {
-                *yv = (xv - mu) * rs * gv + bv;
-            }
+        if d == 0 {
+            return Ok(());
         }
+        forward_rows(
+            x.data(),
+            y.data_mut(),
+            self.gamma.value.data(),
+            self.beta.value.data(),
+            &mut self.mean,
+            &mut self.rstd,
+            self.eps,
+        );
         Ok(())
     }
 
     /// `dx = (1/σ)·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂))` with `ĝ = dy⊙γ`; accumulates dγ, dβ.
     pub fn backward(&mut self, x: &Tensor, dy: &Tensor, dx: &mut Tensor) -> Result<()> {
+        self.backward_impl(x, dy, dx, true)
+    }
+
+    /// [`LayerNorm::backward`]; with `params` false, `dx` alone (dγ and dβ untouched).
+    pub(crate) fn backward_impl(
+        &mut self,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &mut Tensor,
+        params: bool,
+    ) -> Result<()> {
         let d = self.dim();
         x.expect_cols("LayerNorm::backward x", d)?;
         dy.expect_cols("LayerNorm::backward dy", d)?;
@@ -74,30 +85,90 @@ impl LayerNorm {
             ));
         }
         dx.resize(&[m, d]);
-        let g = self.gamma.value.data();
-        for r in 0..m {
-            let (mu, rs) = (self.mean[r], self.rstd[r]);
-            let (xr, dyr) = (x.row(r), dy.row(r));
-            let mut sum_g = 0.0f32;
-            let mut sum_gx = 0.0f32;
-            let gg = self.gamma.grad.data_mut();
-            for i in 0..d {
-                let xh = (xr[i] - mu) * rs;
-                let gh = dyr[i] * g[i];
-                sum_g += gh;
-                sum_gx += gh * xh;
-                gg[i] += dyr[i] * xh;
-            }
-            for (bg, &dv) in self.beta.grad.data_mut().iter_mut().zip(dyr) {
-                *bg += dv;
-            }
-            let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
-            for (i, dxv) in dx.row_mut(r).iter_mut().enumerate() {
-                let xh = (xr[i] - mu) * rs;
-                *dxv = rs * (dyr[i] * g[i] - mg - xh * mgx);
+        if d == 0 {
+            return Ok(());
+        }
+        backward_rows(
+            x.data(),
+            dy.data(),
+            dx.data_mut(),
+            self.gamma.value.data(),
+            self.gamma.grad.data_mut(),
+            self.beta.grad.data_mut(),
+            &self.mean[..m],
+            &self.rstd[..m],
+            params,
+        );
+        Ok(())
+    }
+}
+
+/// `Σ f(a_i, b_i, c_i)` in 8 lanes, combined in a fixed tree order, then the tail: a fixed
+/// order (so results repeat bit for bit) that the compiler keeps in one vector register, which
+/// a strictly sequential float sum forbids it.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb, cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    let (ta, tb, tc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
+        for l in 0..8 {
+            lanes[l] += f(xa[l], xb[l], xc[l]);
+        }
+    }
+    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for ((&x, &y), &z) in ta.iter().zip(tb).zip(tc) {
+        s += f(x, y, z);
+    }
+    s
+}
+
+/// Mean and reciprocal standard deviation of one row (biased variance, as PyTorch's).
+#[inline(always)]
+pub(crate) fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
+    let d = xr.len() as f32;
+    let mu = lane_sum(xr, xr, xr, |x, _, _| x) / d;
+    let var = lane_sum(xr, xr, xr, |x, _, _| (x - mu) * (x - mu)) / d;
+    (mu, 1.0 / (var + eps).sqrt())
+}
+
+crate::kernels::multiversion! {
+    /// The forward pass over every row of `x` (`γ.len()` wide), keeping each row's statistics.
+    fn forward_rows(x: &[f32], y: &mut [f32], g: &[f32], b: &[f32], mean: &mut [f32], rstd: &mut [f32], eps: f32) {
+        let d = g.len();
+        let rows = x.chunks_exact(d).zip(y.chunks_exact_mut(d));
+        for ((xr, yr), (mu_r, rs_r)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
+            let (mu, rs) = row_stats(xr, eps);
+            *mu_r = mu;
+            *rs_r = rs;
+            for (((yv, &xv), &gv), &bv) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                *yv = (xv - mu) * rs * gv + bv;
             }
         }
-        Ok(())
+    }
+}
+
+crate::kernels::multiversion! {
+    /// The backward pass over every row: `dx`, and (with `params`) `dγ`, `dβ` accumulated in
+    /// row order.
+    fn backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32], g: &[f32], gg: &mut [f32], bg: &mut [f32], mean: &[f32], rstd: &[f32], params: bool) {
+        let d = g.len();
+        let rows = x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d));
+        for (((xr, dyr), dxr), (&mu, &rs)) in rows.zip(mean.iter().zip(rstd)) {
+            let sum_g = lane_sum(dyr, g, g, |dv, gv, _| dv * gv);
+            let sum_gx = lane_sum(dyr, g, xr, |dv, gv, xv| dv * gv * ((xv - mu) * rs));
+            if params {
+                for (((ggv, bgv), &xv), &dv) in gg.iter_mut().zip(bg.iter_mut()).zip(xr).zip(dyr) {
+                    *ggv += dv * ((xv - mu) * rs);
+                    *bgv += dv;
+                }
+            }
+            let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+            for (((dxv, &xv), &dv), &gv) in dxr.iter_mut().zip(xr).zip(dyr).zip(g) {
+                *dxv = rs * (dv * gv - mg - ((xv - mu) * rs) * mgx);
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! Latency of a phase: steps from the switch until the mean return of the last 20 training
 //! episodes begun in the phase reaches 90 % of the way from the world's floor (−1, every
 //! episode timing out) to the regime's fresh-start level (the mean of the last 20 episodes of a
-//! fresh agent trained for `P` steps on that regime alone). Put that way the threshold is scale
+//! fresh agent trained for `P` steps on that regime alone, median over seeds). Put that way the threshold is scale
 //! free: it does not depend on where the world's returns sit. A phase that never gets there
 //! counts as its whole length and is reported as not recovered. The fresh-start latency is the
 //! same measurement on the fresh agent.
@@ -122,18 +122,39 @@ fn latency(t: &[(u64, u64, f64)], start: u64, end: u64, threshold: f64) -> Optio
     None
 }
 
-/// A fresh agent's level and latency on each regime: `(level, latency or the phase length)`.
-fn fresh(phase: u64, seed: u64, overrides: &[String]) -> FreshRun {
+/// A fresh agent on each regime: its level (the mean of its last [`JUDGED`] returns) and its
+/// episodes' timeline.
+type FreshTimelines = Vec<(f64, Vec<(u64, u64, f64)>)>;
+
+/// Trains a fresh agent for `phase` steps on each regime alone.
+fn fresh(phase: u64, seed: u64, overrides: &[String]) -> FreshTimelines {
     (0..3)
         .map(|regime| {
             let letter = char::from(b'A' + regime as u8);
             let eps = run(&format!("goal-regions:{letter}"), phase, seed, overrides);
-            let t = timeline(&eps);
             let tail: Vec<f64> = eps.iter().rev().take(JUDGED).map(|e| e.1).collect();
             let level = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
-            let thr = FLOOR + FRACTION * (level - FLOOR);
-            let lat = latency(&t, 0, phase, thr);
-            (level, lat.unwrap_or(phase), lat.is_some())
+            (level, timeline(&eps))
+        })
+        .collect()
+}
+
+/// Each regime's fresh-start level is the median over seeds (a seed whose fresh agent never
+/// learned the regime would otherwise set a threshold at the floor, met at once); each seed's
+/// fresh latency is then measured against that level's threshold, the phase length if never.
+fn settle(runs: &[FreshTimelines], phase: u64) -> Vec<FreshRun> {
+    let levels: Vec<f64> = (0..3)
+        .map(|r| median(&runs.iter().map(|f| f[r].0).collect::<Vec<_>>()))
+        .collect();
+    runs.iter()
+        .map(|f| {
+            (0..3)
+                .map(|r| {
+                    let thr = FLOOR + FRACTION * (levels[r] - FLOOR);
+                    let lat = latency(&f[r].1, 0, phase, thr);
+                    (levels[r], lat.unwrap_or(phase), lat.is_some())
+                })
+                .collect()
         })
         .collect()
 }
@@ -248,19 +269,20 @@ fn main() {
             .collect();
         let key = net.join(" ");
         if !fresh_by_net.contains_key(&key) {
-            let per_seed: Vec<_> = (0..seeds).map(|s| fresh(phase, s, &net)).collect();
+            let raw: Vec<_> = (0..seeds).map(|s| fresh(phase, s, &net)).collect();
+            let per_seed = settle(&raw, phase);
             for (s, f) in per_seed.iter().enumerate() {
                 let cell = |x: &(f64, u64, bool)| format!("{}{}", x.1, if x.2 { "" } else { "*" });
                 println!(
-                    "{:<26} {:>4}  {:>7} {:>7} {:>7}   (levels {:.2} {:.2} {:.2})",
+                    "{:<26} {:>4}  {:>7} {:>7} {:>7}   (own levels {:.2} {:.2} {:.2})",
                     format!("fresh {}", if key.is_empty() { "moe" } else { "dense" }),
                     s,
                     cell(&f[0]),
                     cell(&f[1]),
                     cell(&f[2]),
-                    f[0].0,
-                    f[1].0,
-                    f[2].0
+                    raw[s][0].0,
+                    raw[s][1].0,
+                    raw[s][2].0
                 );
             }
             fresh_by_net.insert(key.clone(), per_seed);

@@ -270,11 +270,13 @@ impl ReturnDrop {
         // recent samples estimate it too poorly to be trusted (a calm streak would alarm).
         let se = (v_ref * (1.0 / n_ref + 1.0 / n_rec)).sqrt();
         let drop = m_ref - m_rec;
-        let range = self.range();
+        // One sort of the remembered returns per episode serves both tests.
+        let (lo, hi) = self.quantiles();
+        let range = self.widest.max(hi - lo);
         self.best_reference = self.best_reference.max(m_ref);
         let direction = if drop > self.cfg.min_drop * range && drop > self.cfg.z * se {
             Direction::Down
-        } else if settled && self.stuck(m_ref, m_rec, range) {
+        } else if settled && self.stuck(m_ref, m_rec, (lo, hi), range) {
             Direction::Stuck
         } else {
             return None;
@@ -295,8 +297,7 @@ impl ReturnDrop {
 
     /// Whether both windows sit at the bottom of the world's range while the remembered
     /// returns still show its top and a reference window once held it.
-    fn stuck(&self, m_ref: f64, m_rec: f64, range: f64) -> bool {
-        let (lo, hi) = self.quantiles();
+    fn stuck(&self, m_ref: f64, m_rec: f64, (lo, hi): (f64, f64), range: f64) -> bool {
         let margin = self.cfg.min_drop * range;
         range > 0.0
             && hi - lo > margin

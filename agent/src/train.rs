@@ -613,6 +613,9 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         kind.policy(&space)?,
         dir.obs_dim,
     );
+    if !fresh {
+        ctl.warm_up(run.id)?;
+    }
     let loop_result = act(env.as_mut(), &mut actor, dir.obs_dim, &mut ctl);
     let TrainActing {
         steps,
@@ -773,6 +776,58 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
         }
     }
 
+    /// After a resume: the return detector sees the run's stored episodes again, so that it,
+    /// the exploration boost, the present world's start and the replay window stand where an
+    /// unbroken run would have them (a resumed lockstep run stays bit-exact). Memory slots
+    /// and a trial in progress are not restored: recall starts anew.
+    fn warm_up(&mut self, run_id: i64) -> Result<()> {
+        let (recent, restart) = (self.c.drift.returns.recent, self.c.drift.restart_replay);
+        let (mut step, mut since_alarm) = (0u64, None::<usize>);
+        let stored = self.ck.store.snapshot()?.episodes(Some(run_id))?;
+        for ep in stored {
+            step += u64::try_from(ep.length).unwrap_or(0);
+            let settled = self.exploration_at(step) <= self.exploration_floor() + 1e-6;
+            if self
+                .watch
+                .observe_return(ep.episode_return, settled)
+                .is_some()
+            {
+                self.boosted_at = Some(step);
+                self.world_since = step;
+                since_alarm = Some(recent);
+            } else if let Some(n) = since_alarm.as_mut() {
+                *n += 1;
+            }
+        }
+        if let (Some(n), true) = (since_alarm, restart) {
+            self.ck.store.sampler().retain_newest_episodes(n);
+        }
+        Ok(())
+    }
+
+    /// The exploration level at `steps` (the schedule, raised after a change).
+    fn exploration_at(&self, steps: u64) -> f32 {
+        let horizon = Horizon::Run {
+            total: self.c.run.steps,
+        };
+        let base = self.kind.exploration(self.c.learners(), steps, horizon);
+        boosted_exploration(
+            &self.c.drift,
+            base,
+            self.exploration_floor(),
+            self.boosted_at,
+            steps,
+        )
+    }
+
+    /// Where the run's exploration schedule ends.
+    fn exploration_floor(&self) -> f32 {
+        let horizon = Horizon::Run {
+            total: self.c.run.steps,
+        };
+        self.kind.exploration(self.c.learners(), u64::MAX, horizon)
+    }
+
     /// In lockstep mode, the updates the last step earned, in the learner's pool: the same
     /// allowance as the rate limiter's, ⌊ρ · (steps − learning_starts)⌋.
     fn learn_inline(&mut self) -> Result<()> {
@@ -799,13 +854,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
     /// replay window restarted; see [`crate::config::DriftSection`]) and records what they notice. A
     /// reflection that cannot be written is logged, never fatal.
     fn notice(&mut self, end: &EpisodeEnd<'_>) -> Result<()> {
-        let settled = {
-            let horizon = Horizon::Run {
-                total: self.c.run.steps,
-            };
-            let floor = self.kind.exploration(self.c.learners(), u64::MAX, horizon);
-            self.trial.is_none() && self.exploration() <= floor + 1e-6
-        };
+        let settled = self.trial.is_none() && self.exploration() <= self.exploration_floor() + 1e-6;
         let noticed = self.watch.observe(end.ret, end.first_abs_obs, settled);
         let drift = &self.c.drift;
         let mut rows = Vec::new();
@@ -1054,17 +1103,11 @@ impl ActingControl for TrainActing<'_, '_, '_> {
     }
 
     fn exploration(&self) -> f32 {
-        let horizon = Horizon::Run {
-            total: self.c.run.steps,
-        };
-        let learners = self.c.learners();
-        let base = self.kind.exploration(learners, self.steps, horizon);
-        let floor = self.kind.exploration(learners, u64::MAX, horizon);
         if self.trial.is_some() {
             // A remembered learner is judged on how it plays, as it played its world.
-            return floor;
+            return self.exploration_floor();
         }
-        boosted_exploration(&self.c.drift, base, floor, self.boosted_at, self.steps)
+        self.exploration_at(self.steps)
     }
 
     fn stepped(&mut self, _actor: &mut ReplayActor) -> Result<u64> {

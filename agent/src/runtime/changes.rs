@@ -54,6 +54,12 @@ impl ChangeWatch {
         self.returns.range()
     }
 
+    /// Feeds one ended episode's return to the return detector only (rebuilding its state from
+    /// stored episodes after a resume).
+    pub fn observe_return(&mut self, ret: f64, settled: bool) -> Option<Drift> {
+        self.returns.update_settled(ret, settled)
+    }
+
     /// Feeds one ended episode: its return and the magnitudes of its first observation's
     /// features (where the world started it, which no policy moves).
     ///

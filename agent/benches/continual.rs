@@ -186,21 +186,9 @@ fn continual(
         .collect()
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |f: &str| args.iter().any(|a| a == f);
-    let value = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let quick = flag("--quick");
-    let seeds = value("--seeds").unwrap_or(if quick { 2 } else { 5 });
-    // 10 k-step phases: a fresh agent learns a region in 2 k – 5 k steps, and the full run
-    // (5 seeds, 8 variants) stays within the 20-minute budget.
-    let phase = value("--phase").unwrap_or(10_000);
-
+/// The variants the run compares: the defaults and plain training; without `--quick` also one
+/// ablation per response and dense networks of matched active and total parameters.
+fn variants(quick: bool) -> Vec<Variant> {
     let no_response = [
         "drift.boost_epsilon=0.0",
         "drift.restart_replay=false",
@@ -247,6 +235,60 @@ fn main() {
             overrides: vec![dense(d_hidden * n_experts)],
         });
     }
+
+    variants
+}
+
+/// Prints the summary table and writes `continual.json`.
+fn report(results: &[serde_json::Value], phase: u64, seeds: u64, quick: bool) {
+    println!(
+        "\n{:<40} {:>8} {:>8} {:>8} {:>12}",
+        "result", "median", "min", "max", "unrecovered"
+    );
+    for r in results {
+        println!(
+            "{:<40} {:>8.2} {:>8.2} {:>8.2} {:>12}",
+            r["name"].as_str().unwrap_or(""),
+            r["median"].as_f64().unwrap_or(f64::NAN),
+            r["min"].as_f64().unwrap_or(f64::NAN),
+            r["max"].as_f64().unwrap_or(f64::NAN),
+            r["unrecovered_phases"]
+        );
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let doc = serde_json::json!({
+        "area": "continual",
+        "command": "cargo bench -p autodidact --bench continual",
+        "machine": {"cpu": cpu_name(), "threads": threads},
+        "world": "goal-regions, returning cycle A B A B C A",
+        "phase_steps": phase,
+        "seeds": seeds,
+        "quick": quick,
+        "results": results,
+    });
+    let out = target_dir().join("autodidact-bench");
+    std::fs::create_dir_all(&out).expect("bench dir");
+    let file = out.join("continual.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
+    println!("wrote {}", file.display());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let quick = flag("--quick");
+    let seeds = value("--seeds").unwrap_or(if quick { 2 } else { 5 });
+    // 10 k-step phases: a fresh agent learns a region in 2 k – 5 k steps, and the full run
+    // (5 seeds, 8 variants) stays within the 20-minute budget.
+    let phase = value("--phase").unwrap_or(10_000);
+
+    let variants = variants(quick);
 
     println!(
         "goal-regions, cycle A B A B C A, {phase} steps per phase, {seeds} seeds; latency = steps \
@@ -327,34 +369,5 @@ fn main() {
         }
     }
 
-    println!(
-        "\n{:<40} {:>8} {:>8} {:>8} {:>12}",
-        "result", "median", "min", "max", "unrecovered"
-    );
-    for r in &results {
-        println!(
-            "{:<40} {:>8.2} {:>8.2} {:>8.2} {:>12}",
-            r["name"].as_str().unwrap_or(""),
-            r["median"].as_f64().unwrap_or(f64::NAN),
-            r["min"].as_f64().unwrap_or(f64::NAN),
-            r["max"].as_f64().unwrap_or(f64::NAN),
-            r["unrecovered_phases"]
-        );
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let doc = serde_json::json!({
-        "area": "continual",
-        "command": "cargo bench -p autodidact --bench continual",
-        "machine": {"cpu": cpu_name(), "threads": threads},
-        "world": "goal-regions, returning cycle A B A B C A",
-        "phase_steps": phase,
-        "seeds": seeds,
-        "quick": quick,
-        "results": results,
-    });
-    let out = target_dir().join("autodidact-bench");
-    std::fs::create_dir_all(&out).expect("bench dir");
-    let file = out.join("continual.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
-    println!("wrote {}", file.display());
+    report(&results, phase, seeds, quick);
 }

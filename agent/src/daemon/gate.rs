@@ -69,8 +69,8 @@ impl Shared {
         match sent {
             Ok(()) => Ok(()),
             // The gate ends as soon as the daemon stops, possibly while this candidate was
-            // being saved: it stays registered, unjudged, and the next start rejects it
-            // saying so.
+            // being saved: it stays registered, unjudged, and the shutdown (or, after a crash,
+            // the next start) rejects it, saying so.
             Err(_) if self.stopping() => Ok(()),
             Err(_) => Err(AgentError::Panicked("gate")),
         }
@@ -115,7 +115,7 @@ impl Shared {
                         let snap = Snapshot::from_network(&loaded.network, self.cfg.precision())?;
                         let pairs = self.play_pairs(c, env, policy, &snap, &champion.snapshot);
                         let (cand, champ) = match pairs {
-                            // Left as a candidate: the next start rejects it, saying so.
+                            // Left as a candidate: the shutdown rejects it, saying so.
                             None => return Ok(()),
                             Some(Ok(pairs)) => pairs,
                             Some(Err(f)) => {

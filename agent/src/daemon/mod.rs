@@ -426,6 +426,13 @@ impl Daemon {
         });
         shared.acting.store(false, Ordering::SeqCst);
         let mut result: Result<()> = Ok(());
+        // The gate has ended (unless the stop timed out): a candidate cut while it was
+        // stopping is rejected now, so a graceful stop leaves nothing undecided.
+        if joined.is_ok() {
+            if let Err(e) = shared.reject_unjudged() {
+                result = Err(e);
+            }
+        }
         let learner_ck = match joined {
             Err(_) => {
                 result = Err(AgentError::Config(format!(

@@ -269,6 +269,15 @@ impl Shared {
         if let Some((data, sentence)) = recovered {
             self.reflect("recovery", Some(champion_version), data, sentence)?;
         }
+        self.reject_unjudged()?;
+        self.write_state(None)
+    }
+
+    /// Rejects, saying so, every candidate newer than the champion that the gate never judged
+    /// (cut while the daemon was stopping). Called when the gate has ended: at a graceful stop,
+    /// and at the next start for a stop that was not graceful.
+    pub(crate) fn reject_unjudged(&self) -> Result<()> {
+        let champion_version = self.champion_version.load(Ordering::SeqCst);
         let pending: Vec<i64> = lock(&self.store)
             .models()?
             .into_iter()
@@ -286,7 +295,7 @@ impl Shared {
                 format!("candidate v{v} rejected: the daemon stopped before the gate judged it"),
             )?;
         }
-        self.write_state(None)
+        Ok(())
     }
 }
 

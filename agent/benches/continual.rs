@@ -32,7 +32,7 @@ use std::sync::atomic::AtomicBool;
 use autodidact::config::TrainConfig;
 use autodidact::train::{Hooks, RunSetup, train};
 use autodidact_core::BlockConfig;
-use common::{cpu_name, median, target_dir};
+use common::{cpu_name, median, write_results};
 
 /// The regimes of the returning cycle, phase by phase (as `GoalSchedule::returning_cycle`).
 const CYCLE: [usize; 6] = [0, 1, 0, 1, 2, 0];
@@ -266,11 +266,7 @@ fn report(results: &[serde_json::Value], phase: u64, seeds: u64, quick: bool) {
         "quick": quick,
         "results": results,
     });
-    let out = target_dir().join("autodidact-bench");
-    std::fs::create_dir_all(&out).expect("bench dir");
-    let file = out.join("continual.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
-    println!("wrote {}", file.display());
+    write_results("continual.json", &doc);
 }
 
 fn main() {

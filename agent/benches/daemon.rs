@@ -318,14 +318,11 @@ fn main() {
     if !drift_only {
         out["duration_s"] = secs.into();
     }
-    let dir = common::target_dir().join("autodidact-bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
     // A partial run does not overwrite the whole run's figures.
-    let path = dir.join(if drift_only {
+    let file = if drift_only {
         "daemon-drift.json"
     } else {
         "daemon.json"
-    });
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
-    println!("wrote {}", path.display());
+    };
+    common::write_results(file, &out);
 }

@@ -27,7 +27,7 @@
 //! Writes `<target>/autodidact-bench/learn.json` (format: `shared/BENCH_FORMAT.md`).
 
 mod common;
-use common::{cpu_name, median, target_dir};
+use common::{cpu_name, median, target_dir, write_results};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -277,11 +277,7 @@ fn main() {
         "quick": quick,
         "results": results,
     });
-    let out = target_dir().join("autodidact-bench");
-    std::fs::create_dir_all(&out).expect("bench dir");
-    let file = out.join("learn.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&doc).expect("json")).expect("write");
-    println!("wrote {}", file.display());
+    write_results("learn.json", &doc);
 }
 
 /// One result in the shared format, with `failed` (seeds that never reached 475 and count as

@@ -9,7 +9,7 @@
 //! Run: `cargo bench -p autodidact --bench replay_summary`
 
 mod common;
-use common::{cpu_name, median, target_dir};
+use common::{cpu_name, median, target_dir, write_results};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -176,7 +176,5 @@ fn main() {
         "machine": {"cpu": cpu_name(), "threads": threads},
         "results": results,
     });
-    let file = dir.join("analysis.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    println!("wrote {}", file.display());
+    write_results("analysis.json", &doc);
 }

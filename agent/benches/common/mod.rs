@@ -12,6 +12,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Writes a results document to `<target>/autodidact-bench/<file>` and says where.
+pub fn write_results(file: &str, doc: &serde_json::Value) {
+    let dir = target_dir().join("autodidact-bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let path = dir.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(doc).expect("json")).expect("write");
+    println!("wrote {}", path.display());
+}
+
 /// The CPU model, from /proc/cpuinfo.
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -450,7 +450,8 @@ pub struct DriftSection {
     pub reset_head: bool,
     /// On a fall in return, keep the learner that mastered the world just gone, and try the
     /// ones kept before in the new world (see `crate::runtime::memory`): a world that comes
-    /// back is recalled rather than learned again.
+    /// back is recalled rather than learned again. The daemon keeps champions and its gate
+    /// plays the trials (`daemon::recall`).
     pub recall: bool,
     /// Greedy episodes each remembered learner plays in the new world before it is judged.
     pub recall_episodes: usize,

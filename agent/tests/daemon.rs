@@ -550,7 +550,8 @@ fn recovery_is_judged_on_episodes_begun_after_the_change_only() {
 }
 
 #[test]
-fn drift_is_detected_the_return_recovers_and_the_gate_rejects_broken_candidates() {
+fn drift_is_detected_the_return_recovers_the_gate_rejects_broken_candidates_and_the_old_world_is_recalled()
+ {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let control = CartPoleControl::default();
@@ -655,12 +656,61 @@ fn drift_is_detected_the_return_recovers_and_the_gate_rejects_broken_candidates(
         change.judged_mean(&recovered).unwrap_or(f64::NAN),
         change.steps_since(&recovered)
     );
+
+    // 5. The first world comes back. Its champion was kept at the change, and the gate
+    //    recalls it: it plays at its old level at once, where the champion of the reversed
+    //    world fails, so the daemon does not learn that world again.
+    let held = wait(&daemon, "the new level held", limit, |s| {
+        drift::held(s, &recovered)
+    });
+    let back_at = held.steps;
+    control.clear();
+    let recall = |s: &Status| {
+        s.last_reflections
+            .iter()
+            .find(|r| r.kind == "recall" && r.steps > back_at)
+            .cloned()
+    };
+    let s = wait(&daemon, "a recall", limit, |s| recall(s).is_some());
+    let r = recall(&s).unwrap();
+    assert!(
+        r.sentence.contains("recalled world-0"),
+        "the first world's champion was not recalled: {}",
+        r.sentence
+    );
+    // Noticing the change takes a few short episodes and the trial three greedy ones; learning
+    // the world anew took tens of thousands of steps.
+    assert!(
+        r.steps - back_at < 5_000,
+        "recalled only {} steps after the world came back",
+        r.steps - back_at
+    );
+    assert_eq!(s.champion.version, r.model_version.unwrap());
+    let back = drift::Change {
+        steps: back_at,
+        level,
+    };
+    let recovered_again = wait(&daemon, "recovery by recall", limit, |s| back.recovered(s));
+    println!(
+        "the first world came back: recalled {} steps later, recovered after {} steps",
+        r.steps - back_at,
+        back.steps_since(&recovered_again)
+    );
+
     let report = daemon.shutdown().unwrap();
-    assert!(report.status.drifts >= 1);
+    assert!(report.status.drifts >= 2);
 
     let store = ReplayStore::open_read_only(run.join("replay.sqlite")).unwrap();
     let drifts = store.reflections(Some("drift"), 100).unwrap();
     assert!(drifts.iter().any(|r| r.data["signal"] == "returns"));
+    let recalls = store.reflections(Some("recall"), 100).unwrap();
+    assert!(recalls.iter().any(|r| r.data["outcome"] == "recalled"));
+    // The recalled champion is a model version of its own, promoted, and its parent is the
+    // champion of the reversed world.
+    let model = store.model(r.model_version.unwrap()).unwrap();
+    assert_eq!(model.status, ModelStatus::Champion);
+    assert_eq!(model.parent, Some(held.champion.version));
+    assert_eq!(model.metrics["recalled_from"], "world-0");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::shared::{Shared, lock};
+use crate::drift::Direction;
 use crate::error::Result;
 use crate::runtime::changes::{Response, observation_drift, return_drift};
 
@@ -48,6 +49,8 @@ impl Shared {
             };
             let (data, sentence) = return_drift(drift, steps, a, response);
             self.reflect("drift", version, data, sentence)?;
+            let stuck = a.direction == Direction::Stuck;
+            self.remember_and_recall(a.reference_mean, a.mean, steps, stuck)?;
         }
         if !noticed.observations.is_empty() {
             let boost = drift.boost_on_observations;

@@ -304,6 +304,12 @@ pub(crate) fn gate_loop(
     mut policy: Box<dyn Policy>,
 ) -> Result<()> {
     let r = (|| loop {
+        if lock(&shared.recall).is_some() {
+            shared.gate_busy.store(true, Ordering::SeqCst);
+            let r = shared.recall_if_asked(env.as_mut(), policy.as_mut());
+            shared.gate_busy.store(false, Ordering::SeqCst);
+            r?;
+        }
         let c = match candidates.recv_timeout(Duration::from_millis(100)) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {

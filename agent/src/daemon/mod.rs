@@ -54,6 +54,7 @@ pub mod config;
 mod gate;
 mod http;
 mod learning;
+mod recall;
 mod reflect;
 mod shared;
 mod start;
@@ -87,6 +88,8 @@ const LEARNER_STEM: &str = "checkpoints/learner";
 const TRAIN_STREAM: u64 = 11;
 const GATE_STREAM: u64 = 12;
 const ACTOR_STREAM: u64 = 13;
+/// Seeds of the episodes a remembered champion plays when the gate tries to recall it.
+const RECALL_STREAM: u64 = 14;
 /// The daemon's learner never reaches the end of its schedule: the daemon sets the learning
 /// rate itself (`daemon.lr_decay_updates`), and prioritized replay's β stays at its start.
 const ENDLESS_PLAN: u64 = u64::MAX / 4;

@@ -10,6 +10,7 @@ use autodidact_core::ObsNormalizer;
 use autodidact_replay::{NewReflection, ReplayError, ReplayStore, Sampler, Writer};
 
 use super::DaemonConfig;
+use super::recall::RecallRequest;
 use super::status::{
     self, Board, ChampionStatus, FaultBoard, ReflectionLine, ReplayStatus, Status, WriterStatus,
 };
@@ -18,6 +19,7 @@ use crate::fault::{self, Backoff, Fault};
 use crate::learners::Horizon;
 use crate::rate::RateLimiter;
 use crate::runtime::changes::{ChangeWatch, boosted_exploration};
+use crate::runtime::memory::Memory;
 use crate::runtime::{RunDir, RunState};
 use crate::variable::VariableSource;
 
@@ -67,6 +69,12 @@ pub(crate) struct Shared {
     /// A champion just demoted by a promotion (0 = none), for the pruner.
     pub(crate) demoted: AtomicI64,
     pub(crate) detectors: Mutex<ChangeWatch>,
+    /// The worlds mastered before (their champions), kept to be recalled.
+    pub(crate) memory: Mutex<Memory>,
+    /// Remembered champions the gate should try in a new world.
+    pub(crate) recall: Mutex<Option<RecallRequest>>,
+    /// Step at which the present world began (the last fall in return noticed, or the start).
+    pub(crate) world_since: AtomicU64,
     /// Environment faults of the actors (one slot each) and the gate (the last slot).
     pub(crate) faults: Mutex<FaultBoard>,
     pub(crate) obs_dim: usize,

@@ -26,6 +26,7 @@ use crate::fault;
 use crate::learner::Learner;
 use crate::rate::RateLimiter;
 use crate::runtime::changes::ChangeWatch;
+use crate::runtime::memory::Memory;
 use crate::runtime::with_suffix;
 use crate::runtime::{
     RunDir, RunState, STATE_FILE, episode_seed, inside_run_dir, learner_pool, model_metrics,
@@ -253,6 +254,9 @@ impl Shared {
             prune_floor: AtomicI64::new(1),
             demoted: AtomicI64::new(0),
             detectors: Mutex::new(ChangeWatch::new(&cfg.drift, obs_dim)),
+            memory: Mutex::new(Memory::new(&dir.path, cfg.drift.memory_slots)),
+            recall: Mutex::new(None),
+            world_since: AtomicU64::new(boot.steps),
             faults: Mutex::new(FaultBoard::new(cfg.daemon.actors)),
             obs_dim,
             run_id: boot.run.id,

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use autodidact::daemon::config::ActWith;
 use autodidact::daemon::{Daemon, DaemonOptions};
 use autodidact_envs::CartPoleControl;
 
@@ -179,11 +180,17 @@ const RECOVERY_BUDGET: u64 = 400_000;
 /// the world, then steps to the drift alarm and to a return back at 90 % of the level before,
 /// judged on episodes begun after the change. `None` when the first world was not learned
 /// within 300,000 steps (no change happened, so the seed says nothing about recovery);
-/// `Some((level, detected, recovered))` otherwise, `recovered` being `None` past the budget.
-fn drift_recovery(run_dir: &Path, seed: u64) -> Option<(f64, Option<u64>, Option<u64>)> {
+/// `Some((steps to learn the first world, level, detected, recovered))` otherwise, `recovered` being `None` past the budget.
+fn drift_recovery(
+    run_dir: &Path,
+    seed: u64,
+    act_with: ActWith,
+) -> Option<(u64, f64, Option<u64>, Option<u64>)> {
     let control = CartPoleControl::default();
+    let mut config = drift::config(seed);
+    config.daemon.act_with = act_with;
     let daemon = Daemon::start(DaemonOptions {
-        config: drift::config(seed),
+        config,
         run_dir: run_dir.to_path_buf(),
         env_factory: Some(drift::world(control.clone())),
     })
@@ -211,12 +218,23 @@ fn drift_recovery(run_dir: &Path, seed: u64) -> Option<(f64, Option<u64>, Option
     let rec = wait(&|s| change.recovered(s), change.steps + RECOVERY_BUDGET)
         .map(|s| change.steps_since(&s));
     let _ = daemon.shutdown();
-    Some((level, detected, rec))
+    Some((before.steps, level, detected, rec))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let drift_only = args.iter().any(|a| a == "--drift-only");
+    // `--act-with learner`: the actors act with the learner's newest weights (the default,
+    // `champion`: with promoted models only).
+    let act_with = match args
+        .iter()
+        .position(|a| a == "--act-with")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        Some("learner") => ActWith::Learner,
+        _ => ActWith::Champion,
+    };
     let seeds: u64 = args
         .iter()
         .position(|a| a == "--seeds")
@@ -255,14 +273,16 @@ fn main() {
     );
     // A seed that does not recover (or whose alarm never comes) within the budget counts as the
     // budget and as failed, as in the learn bench.
-    let (mut rec, mut det) = (Vec::new(), Vec::new());
+    let (mut rec, mut det, mut first) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rec_failed, mut det_failed, mut not_learned) = (0usize, 0usize, 0usize);
     let budget = RECOVERY_BUDGET as f64;
     for seed in 0..seeds {
-        match drift_recovery(&tmp.path().join(format!("drift-{seed}")), seed) {
-            Some((level, d, r)) => {
+        match drift_recovery(&tmp.path().join(format!("drift-{seed}")), seed, act_with) {
+            Some((learned, level, d, r)) => {
+                first.push(learned as f64);
                 println!(
-                    "  seed {seed}: level {level:.1}, detected after {}, recovered after {}",
+                    "  seed {seed}: first world learned after {learned} steps, level {level:.1}, \
+                     detected after {}, recovered after {}",
                     d.map_or("never".into(), |d| format!("{d} steps")),
                     r.map_or(format!("never (budget {RECOVERY_BUDGET})"), |r| format!(
                         "{r} steps"
@@ -284,6 +304,7 @@ fn main() {
     r["not_learned"] = not_learned.into();
     r["budget"] = RECOVERY_BUDGET.into();
     results.push(r);
+    results.push(row("daemon/first_world_steps", "steps", true, &first));
     let mut d = row("daemon/drift_detection_steps", "steps", true, &det);
     d["failed"] = det_failed.into();
     results.push(d);
@@ -308,21 +329,25 @@ fn main() {
     if drift_only {
         command.push_str(" -- --drift-only");
     }
+    if act_with == ActWith::Learner {
+        command.push_str(" --act-with learner");
+    }
     let mut out = serde_json::json!({
         "area": "daemon",
         "command": command,
         "machine": {"cpu": common::cpu_name(), "threads": std::thread::available_parallelism().map_or(0, |n| n.get())},
         "drift_seeds": seeds,
+        "act_with": if act_with == ActWith::Champion { "champion" } else { "learner" },
         "results": results,
     });
     if !drift_only {
         out["duration_s"] = secs.into();
     }
     // A partial run does not overwrite the whole run's figures.
-    let file = if drift_only {
-        "daemon-drift.json"
-    } else {
-        "daemon.json"
+    let file = match (drift_only, act_with) {
+        (true, ActWith::Learner) => "daemon-drift-learner.json",
+        (true, ActWith::Champion) => "daemon-drift.json",
+        (false, _) => "daemon.json",
     };
     common::write_results(file, &out);
 }

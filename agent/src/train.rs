@@ -37,7 +37,7 @@ use crate::runtime::changes::{
     return_drift,
 };
 use crate::runtime::learning::{LearningControl, learn};
-use crate::runtime::memory::Memory;
+use crate::runtime::memory::{Memory, fits};
 use crate::runtime::run_dir::model_stem;
 pub use crate::runtime::{
     CONFIG_FILE, REPLAY_FILE, RunState, STATE_FILE, acting_checkpoint, check_stored_command,
@@ -986,8 +986,8 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
     }
 
     /// Counts an episode of the learner on trial; after `drift.recall_episodes` judges it: one
-    /// that plays at its remembered level and clearly better than the broken policy (both by
-    /// the return detector's smallest fall) becomes the learner again. An episode no better
+    /// that wins back at least half of what the change took, and more than the return
+    /// detector's smallest fall ([`fits`]), becomes the learner again. An episode no better
     /// than the broken policy ends its trial at once.
     fn trial_episode(&mut self, ret: f64) -> Result<()> {
         let drift = &self.c.drift;
@@ -1009,7 +1009,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
         let Some(slot) = self.memory.slot(t.slot).cloned() else {
             return Ok(());
         };
-        if !hopeless && mean >= slot.level - tol && mean > t.broken + tol {
+        if !hopeless && fits(mean, slot.level, t.broken, tol) {
             self.ck.shared.unpin();
             self.host.replace(t.learner, self.ck.shared)?;
             self.boosted_at = None;

@@ -705,12 +705,49 @@ fn drift_is_detected_the_return_recovers_the_gate_rejects_broken_candidates_and_
     assert!(drifts.iter().any(|r| r.data["signal"] == "returns"));
     let recalls = store.reflections(Some("recall"), 100).unwrap();
     assert!(recalls.iter().any(|r| r.data["outcome"] == "recalled"));
-    // The recalled champion is a model version of its own, promoted, and its parent is the
-    // champion of the reversed world.
-    let model = store.model(r.model_version.unwrap()).unwrap();
-    assert_eq!(model.status, ModelStatus::Champion);
-    assert_eq!(model.parent, Some(held.champion.version));
+    // The recalled champion is a model version of its own, promoted (a later candidate may
+    // have replaced it since), and its parent a champion of the reversed world.
+    let v = r.model_version.unwrap();
+    let gate = store.reflections(Some("gate"), 1_000).unwrap();
+    assert!(
+        gate.iter()
+            .any(|g| g.model_version == Some(v) && g.sentence.contains("promoted")),
+        "no promotion of the recalled v{v}"
+    );
+    let model = store.model(v).unwrap();
+    assert!(
+        model
+            .parent
+            .is_some_and(|p| p >= held.champion.version && p < v),
+        "{:?}",
+        model.parent
+    );
     assert_eq!(model.metrics["recalled_from"], "world-0");
+}
+
+/// With `daemon.act_with = "learner"` the actors act with the learner's newest weights: their
+/// steps are attributed to the version last cut from the learner, ahead of the champion while
+/// the gate has not judged it yet.
+#[test]
+fn actors_can_act_with_the_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast_config();
+    cfg.daemon.envs = vec!["cartpole".into()];
+    cfg.daemon.act_with = autodidact::daemon::config::ActWith::Learner;
+    let daemon = Daemon::start(DaemonOptions {
+        config: cfg,
+        run_dir: dir.path().join("run"),
+        env_factory: None,
+    })
+    .unwrap();
+    let s = wait(
+        &daemon,
+        "a candidate acting",
+        Duration::from_secs(300),
+        |s| s.acting_with == "learner" && s.acting_version > s.champion.version,
+    );
+    assert!(s.acting_version <= s.latest_version, "{s:#?}");
+    daemon.shutdown().unwrap();
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! One actor of the daemon, on the runtime's actor loop: acts with the champion, stores every
+//! One actor of the daemon, on the runtime's actor loop: acts with the learner's newest weights
+//! or the champion's (`daemon.act_with`), stores every
 //! step, feeds the drift detectors; an environment fault cuts the episode, never the daemon.
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ impl ActingControl for DaemonActing<'_> {
         if self.shared.stopping() {
             return Ok(None);
         }
-        let version = self.shared.champion_version.load(Ordering::SeqCst);
+        let version = self.shared.acting_version();
         if version != self.last_version {
             self.last_version = version;
             actor.adder_mut().set_model_version(Some(version));

@@ -60,6 +60,7 @@ impl Shared {
         learner.save(&self.dir.path.join(&stem))?;
         let version = self.register_candidate(&stem, model_metrics(steps, None, &m))?;
         drop(registering);
+        self.learner_version.store(version, Ordering::SeqCst);
         self.gate_busy.store(true, Ordering::SeqCst);
         let sent = gate.send(Candidate {
             version,
@@ -285,12 +286,21 @@ impl Shared {
         if let (true, Some(snap)) = (report.promote, snapshot) {
             self.demoted.store(champion_version, Ordering::SeqCst);
             self.champion.publish(snap);
+            self.distrust_learner(false);
             self.champion_version.store(c.version, Ordering::SeqCst);
             *lock(&self.champion_checkpoint) = c.checkpoint.clone();
             lock(&self.board).promoted += 1;
             self.write_state(None)?;
         } else {
             lock(&self.board).rejected += 1;
+            // Clearly worse: worse than the margin by more than `gate.max_worse_se` standard
+            // errors, or broken outright. Noise or a failing environment is no reason, and only
+            // a candidate cut from the learner says anything about it (not one submitted).
+            let clearly_worse =
+                report.t < -self.cfg.gate.max_worse_se || (report.episodes == 0 && !env_failed);
+            if clearly_worse && c.version == self.learner_version.load(Ordering::SeqCst) {
+                self.distrust_learner(true);
+            }
         }
         self.reflect("gate", Some(c.version), data, sentence)?;
         self.prune_checkpoints(c.version)

@@ -51,6 +51,13 @@ impl LearningControl for DaemonLearning<'_> {
                 Some(&shared.dir.path.join(stem)),
             )?;
             self.since_candidate = 0;
+            shared.learner_version.store(
+                shared.champion_version.load(Ordering::SeqCst),
+                Ordering::SeqCst,
+            );
+            // The actors act with what the learner starts again from at once (a recalled
+            // champion, say), not with the weights it left.
+            self.publish(learner.as_mut())?;
         }
         if shared.reset_head.swap(false, Ordering::SeqCst) {
             learner.reset_head()?;
@@ -82,13 +89,16 @@ impl LearningControl for DaemonLearning<'_> {
         Ok(())
     }
 
-    /// Actors act with the champion, not the learner: publishing here only refreshes the
-    /// normaliser's statistics and the board.
+    /// Refreshes the normaliser's statistics and the board, and hands the actors the
+    /// learner's weights while they act with the learner (`daemon.act_with`).
     fn publish(&mut self, learner: &mut dyn Learner) -> Result<()> {
         if let Some(stats) = &self.shared.obs_stats {
             learner.set_obs_stats(&lock(stats).clone());
         }
         lock(&self.shared.board).learner = learner.metrics();
+        if self.shared.acts_with_learner() {
+            self.shared.behaviour.publish(learner.acting_snapshot()?);
+        }
         Ok(())
     }
 }

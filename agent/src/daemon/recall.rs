@@ -1,6 +1,6 @@
 //! The daemon's memory of the worlds it mastered (issue 14): at a change, the champion that
 //! played the world just gone is kept in a memory slot; the gate then tries the champions
-//! kept before in the new world, and one that plays at its remembered level becomes the
+//! kept before in the new world, and one that wins back what the change took becomes the
 //! champion again, and the learner goes on from it.
 //!
 //! The same memory as `train`'s ([`crate::runtime::memory`]); what differs is who plays the
@@ -23,6 +23,7 @@ use crate::gate::GateReport;
 use crate::policy::Policy;
 use crate::runtime::changes::{recall_failed, recalled};
 use crate::runtime::episode_seed;
+use crate::runtime::memory::fits;
 use crate::runtime::run_dir::model_stem;
 
 /// Remembered champions to try in a new world, set at a change and taken by the gate.
@@ -113,9 +114,8 @@ impl Shared {
 
     /// Run by the gate between candidates: tries the remembered champions of a pending
     /// request, most recent first, for `drift.recall_episodes` greedy episodes each (one, if
-    /// it does no better than the broken champion). The first that plays at its remembered
-    /// level and clearly better than the broken champion (both by the return detector's
-    /// smallest fall) is promoted, and the learner starts again from it.
+    /// it does no better than the broken champion). The first that wins back at least half of
+    /// what the change took ([`fits`]) is promoted, and the learner starts again from it.
     pub(crate) fn recall_if_asked(&self, env: &mut dyn Env, policy: &mut dyn Policy) -> Result<()> {
         let Some(req) = lock(&self.recall).take() else {
             return Ok(());
@@ -171,8 +171,7 @@ impl Shared {
             let mean = returns.iter().sum::<f64>() / returns.len() as f64;
             if !hopeless
                 && returns.len() == drift.recall_episodes
-                && mean >= slot.level - tol
-                && mean > req.broken + tol
+                && fits(mean, slot.level, req.broken, tol)
             {
                 return self.promote_recalled(&req, k, &slot, &returns, mean);
             }
@@ -229,8 +228,8 @@ impl Shared {
             t: f64::NAN,
             p_value: f64::NAN,
             reason: format!(
-                "recalled world-{k}: it plays at its remembered level {:.3}, clearly above the \
-                 broken champion's {:.3}",
+                "recalled world-{k}: it played {mean:.3} (remembered level {:.3}), clearly \
+                 above the broken champion's {:.3}",
                 slot.level, req.broken
             ),
         };

@@ -10,6 +10,7 @@ use autodidact_core::ObsNormalizer;
 use autodidact_replay::{NewReflection, ReplayError, ReplayStore, Sampler, Writer};
 
 use super::DaemonConfig;
+use super::config::ActWith;
 use super::recall::RecallRequest;
 use super::status::{
     self, Board, ChampionStatus, FaultBoard, ReflectionLine, ReplayStatus, Status, WriterStatus,
@@ -39,6 +40,15 @@ pub(crate) struct Shared {
     pub(crate) episode_seq: AtomicU64,
     pub(crate) updates: AtomicU64,
     pub(crate) champion: Arc<VariableSource>,
+    /// The weights the actors act with: the learner's newest, or the champion's (see
+    /// `daemon.act_with` and [`Shared::acts_with_learner`]).
+    pub(crate) behaviour: Arc<VariableSource>,
+    /// Set when the gate found the learner's candidate clearly worse than the champion: the
+    /// champion acts until the next promotion.
+    pub(crate) learner_distrusted: AtomicBool,
+    /// The newest model version cut from the learner (or the champion it started again
+    /// from): what the actors' steps are attributed to while they act with the learner.
+    pub(crate) learner_version: AtomicI64,
     pub(crate) champion_version: AtomicI64,
     pub(crate) champion_checkpoint: Mutex<String>,
     pub(crate) obs_stats: Option<Arc<Mutex<ObsNormalizer>>>,
@@ -217,6 +227,31 @@ impl Shared {
         lock(&self.faults).clear(who);
     }
 
+    /// Whether the actors act with the learner's weights now.
+    pub(crate) fn acts_with_learner(&self) -> bool {
+        self.cfg.daemon.act_with == ActWith::Learner
+            && !self.learner_distrusted.load(Ordering::SeqCst)
+    }
+
+    /// The model version the actors' steps are attributed to.
+    pub(crate) fn acting_version(&self) -> i64 {
+        if self.acts_with_learner() {
+            self.learner_version.load(Ordering::SeqCst)
+        } else {
+            self.champion_version.load(Ordering::SeqCst)
+        }
+    }
+
+    /// The champion acts (`distrust`: the learner's candidate was clearly worse than it),
+    /// or the learner may act again at its next publication.
+    pub(crate) fn distrust_learner(&self, distrust: bool) {
+        self.learner_distrusted.store(distrust, Ordering::SeqCst);
+        if !self.acts_with_learner() {
+            self.behaviour
+                .publish(self.champion.latest().snapshot.clone());
+        }
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -312,6 +347,13 @@ impl Shared {
                 version: self.champion_version.load(Ordering::Relaxed),
                 checkpoint: lock(&self.champion_checkpoint).clone(),
             },
+            acting_with: if self.acts_with_learner() {
+                "learner"
+            } else {
+                "champion"
+            }
+            .into(),
+            acting_version: self.acting_version(),
             latest_version: b.latest_version,
             promoted: b.promoted,
             rejected: b.rejected,

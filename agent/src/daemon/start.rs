@@ -200,10 +200,11 @@ impl Shared {
         boot: &Boot,
     ) -> Result<Shared> {
         let champion_net = load_checkpoint(&inside_run_dir(&dir.path, &boot.champion_rel)?)?;
-        let champion = Arc::new(VariableSource::new(Snapshot::from_network(
-            &champion_net.network,
-            cfg.precision(),
-        )?));
+        let champion_snapshot = Snapshot::from_network(&champion_net.network, cfg.precision())?;
+        // The actors start with the champion's weights either way: the learner's are
+        // published at its first update (for a fresh run they are the same weights).
+        let behaviour = Arc::new(VariableSource::new(champion_snapshot.clone()));
+        let champion = Arc::new(VariableSource::new(champion_snapshot));
         let obs_stats = dir.obs_stats(&cfg.network, boot.learner.as_ref());
         let updates = boot.learner.metrics().updates;
         let needs = dir.kind.plan(cfg.learners());
@@ -235,6 +236,9 @@ impl Shared {
             episode_seq: AtomicU64::new(boot.episodes),
             updates: AtomicU64::new(updates),
             champion,
+            behaviour,
+            learner_distrusted: AtomicBool::new(false),
+            learner_version: AtomicI64::new(boot.champion_version),
             champion_version: AtomicI64::new(boot.champion_version),
             champion_checkpoint: Mutex::new(boot.champion_rel.clone()),
             obs_stats,
@@ -461,7 +465,7 @@ fn spawn_actors(
         let adder = ReplayAdder::new(writer.writer(), run.clone(), false)
             .with_max_episode_steps(cfg.replay.episode_cap());
         let actor = PolicyActor::new(
-            shared.champion.clone(),
+            shared.behaviour.clone(),
             adder,
             shared.dir.kind.policy(&shared.dir.action_space)?,
             episode_seed(cfg.daemon.seed, ACTOR_STREAM + i as u64, episodes),

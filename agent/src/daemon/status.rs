@@ -240,8 +240,14 @@ pub struct Status {
     pub steps_per_s: f64,
     /// Current exploration level (ε for DQN; see `crate::policy::ActMode`).
     pub epsilon: f32,
-    /// The model the actors act with.
+    /// The model the gate promoted last.
     pub champion: ChampionStatus,
+    /// Whose weights the actors act with now: `"learner"` or `"champion"`
+    /// (`daemon.act_with`).
+    pub acting_with: String,
+    /// The model version the actors' steps are attributed to (with the learner acting: the
+    /// newest version cut from it).
+    pub acting_version: i64,
     /// The newest registered model version.
     pub latest_version: i64,
     /// Candidates promoted by the gate in this process.

@@ -343,9 +343,6 @@ impl DqnLearner {
             Some(o) => o,
             None => AdamW::new(cfg.adamw(planned_updates))?,
         };
-        // Keep the moments and the step count; take every hyper-parameter from this session's
-        // config, so `--resume --set dqn.lr=…` means what it says.
-        opt.config = cfg.adamw(planned_updates);
         let field = |k: &str| -> Result<u128> {
             main.extra
                 .get(k)
@@ -356,6 +353,12 @@ impl DqnLearner {
                 })
         };
         let updates = field("dqn_updates")? as u64;
+        // Keep the moments and the step count; take every hyper-parameter from this session's
+        // config, so `--resume --set dqn.lr=…` means what it says. The schedule spans from the
+        // update the optimizer started at (a head reset starts it again: see `reset_head`) to
+        // the plan's end, as it did before the stop.
+        let started_at = updates.saturating_sub(opt.steps());
+        opt.config = cfg.adamw(planned_updates.saturating_sub(started_at));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(RNG_STREAM);
         rng.set_word_pos(field("dqn_rng_word_pos")?);

@@ -778,9 +778,13 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
 
     /// After a resume: the return detector sees the run's stored episodes again, so that it,
     /// the exploration boost, the present world's start and the replay window stand where an
-    /// unbroken run would have them (a resumed lockstep run stays bit-exact). Memory slots
-    /// and a trial in progress are not restored: recall starts anew.
+    /// unbroken run would have them (a resumed lockstep run stays bit-exact), and the memory
+    /// of mastered worlds is read back from its index. A trial in progress is not restored.
     fn warm_up(&mut self, run_id: i64) -> Result<()> {
+        match Memory::load(&self.ck.dir.path, self.c.drift.memory_slots) {
+            Ok(m) => self.memory = m,
+            Err(e) => tracing::warn!(error = %e, "going on without the remembered worlds"),
+        }
         let (recent, restart) = (self.c.drift.returns.recent, self.c.drift.restart_replay);
         let (mut step, mut since_alarm) = (0u64, None::<usize>);
         let stored = self.ck.store.snapshot()?.episodes(Some(run_id))?;
@@ -891,6 +895,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
             self.world_since = end.steps;
             if let Some(k) = kept {
                 self.memory.set_current(None);
+                self.memory.save()?;
                 let queue = self.memory.candidates(k);
                 self.next_trial(end.steps, a.mean, queue, Vec::new())?;
             }
@@ -1014,6 +1019,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
             self.host.replace(t.learner, self.ck.shared)?;
             self.boosted_at = None;
             self.memory.set_current(Some(t.slot));
+            self.memory.save()?;
             let (data, sentence) = recalled(t.change_at, self.steps, t.slot, &slot, mean);
             self.reflect("recall", data, sentence);
             return Ok(());

@@ -785,3 +785,44 @@ fn train_re_adapts_to_a_new_regime_and_recalls_an_old_one() {
         "{drifts:#?}"
     );
 }
+
+/// A run stopped after a change of world and resumed remembers the worlds it mastered: the
+/// memory's index is read back. Here it learns A, then B (A is kept), stops, and resumes in A:
+/// the change back is answered by recalling the A it remembered, not by learning it anew.
+#[test]
+fn a_resumed_run_remembers_the_worlds_it_mastered() {
+    let o: Vec<String> = vec![
+        "run.steps=30000".into(),
+        "run.seed=1".into(),
+        "run.mode=lockstep".into(),
+        "run.eval_every=15000".into(),
+    ];
+    let cfg = TrainConfig::load(None, &o).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A for 10 k steps, then B; stopped in B at the first evaluation.
+    let first = run_train(
+        RunSetup::fresh("goal-regions:cycle:10000", cfg, dir.path()).unwrap(),
+        Arc::new(AtomicBool::new(false)),
+        true,
+    );
+    assert!(first.interrupted && first.steps < 20_000, "{}", first.steps);
+    assert!(
+        dir.path().join("memory/slots.json").is_file(),
+        "A was kept at the change to B"
+    );
+    // The same run goes on in A.
+    let mut setup = RunSetup::resume(dir.path(), None, &[], false).unwrap();
+    setup.env_id = "goal-regions:A".into();
+    run_train(setup, Arc::new(AtomicBool::new(false)), false);
+    let store = ReplayStore::open_read_only(dir.path().join("replay.sqlite")).unwrap();
+    let recalls = store.reflections(Some("recall"), 20).unwrap();
+    // The first answer after the resume (reflections come newest first).
+    let back = recalls
+        .iter()
+        .rev()
+        .find(|r| r.data["change_at"].as_u64().unwrap_or(0) > first.steps)
+        .unwrap_or_else(|| panic!("the change back to A was not answered: {recalls:#?}"));
+    assert_eq!(back.data["outcome"], "recalled", "{}", back.sentence);
+    // What it recalled is the world learned before the stop, in the first session.
+    assert_eq!(back.data["learned"][0], 0, "{}", back.sentence);
+}

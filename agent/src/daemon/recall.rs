@@ -102,6 +102,7 @@ impl Shared {
             k
         };
         memory.set_current(None);
+        memory.save()?;
         let queue = memory.candidates(just);
         drop(memory);
         *lock(&self.recall) = (!queue.is_empty()).then_some(RecallRequest {
@@ -242,7 +243,11 @@ impl Shared {
         self.rollback.store(true, Ordering::SeqCst);
         self.boosted_at.store(u64::MAX, Ordering::Relaxed);
         *lock(&self.best_level) = Some(mean);
-        lock(&self.memory).set_current(Some(k));
+        {
+            let mut memory = lock(&self.memory);
+            memory.set_current(Some(k));
+            memory.save()?;
+        }
         let (data, sentence) = recalled(req.change_at, steps, k, slot, mean);
         self.reflect("recall", Some(version), data, sentence)
     }

@@ -258,7 +258,12 @@ impl Shared {
             prune_floor: AtomicI64::new(1),
             demoted: AtomicI64::new(0),
             detectors: Mutex::new(ChangeWatch::new(&cfg.drift, obs_dim)),
-            memory: Mutex::new(Memory::new(&dir.path, cfg.drift.memory_slots)),
+            memory: Mutex::new(
+                Memory::load(&dir.path, cfg.drift.memory_slots).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "going on without the remembered worlds");
+                    Memory::new(&dir.path, cfg.drift.memory_slots)
+                }),
+            ),
             recall: Mutex::new(None),
             world_since: AtomicU64::new(boot.steps),
             faults: Mutex::new(FaultBoard::new(cfg.daemon.actors)),

@@ -13,8 +13,33 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, Result};
+
 /// Subdirectory of the run directory holding the slots.
 pub const MEMORY_DIR: &str = "memory";
+
+/// The index of the slots in [`MEMORY_DIR`], written at every change of the memory so a
+/// resumed run (or a restarted daemon) remembers what the stopped one did.
+pub const INDEX_FILE: &str = "slots.json";
+
+/// A slot as the index stores it: its file name, not a path (the index may come from
+/// anywhere; a slot never points outside the memory directory).
+#[derive(Serialize, Deserialize)]
+struct StoredSlot {
+    name: String,
+    level: f64,
+    learned: (u64, u64),
+    written_at: u64,
+}
+
+/// The index file's content.
+#[derive(Serialize, Deserialize)]
+struct Index {
+    slots: Vec<StoredSlot>,
+    current: Option<usize>,
+}
 
 /// One remembered world.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +74,90 @@ impl Memory {
             slots: Vec::new(),
             current: None,
         }
+    }
+
+    /// The memory a run directory's index holds, or an empty one if it has none. A malformed
+    /// index, or one that names a slot outside the memory directory or without its file, is
+    /// an error: the caller decides whether to go on without memory (the slots' files stay).
+    pub fn load(run_dir: &Path, max: usize) -> Result<Self> {
+        let mut m = Memory::new(run_dir, max);
+        let path = m.dir.join(INDEX_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(m),
+            Err(e) => return Err(AgentError::io(&path)(e)),
+        };
+        let bad = |reason: String| AgentError::RunDir {
+            path: path.clone(),
+            reason,
+        };
+        let index: Index =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not a memory index: {e}")))?;
+        for s in index.slots.into_iter().take(m.max) {
+            let plain = s.name.strip_prefix("world-").is_some_and(|n| {
+                !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !plain {
+                return Err(bad(format!("slot name {:?} is not world-<n>", s.name)));
+            }
+            if !s.level.is_finite() || s.learned.0 > s.learned.1 {
+                return Err(bad(format!(
+                    "slot {} has a level or span out of range",
+                    s.name
+                )));
+            }
+            let stem = m.dir.join(&s.name);
+            if !stem.with_extension("safetensors").is_file() {
+                return Err(bad(format!("slot {} has no checkpoint file", s.name)));
+            }
+            m.slots.push(Slot {
+                stem,
+                level: s.level,
+                learned: s.learned,
+                written_at: s.written_at,
+            });
+        }
+        m.current = index.current.filter(|&i| i < m.slots.len());
+        Ok(m)
+    }
+
+    /// Writes the index (through a temporary file and a rename: a crash leaves the old index
+    /// or the new one whole).
+    pub fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(AgentError::io(&self.dir))?;
+        let index = Index {
+            slots: self
+                .slots
+                .iter()
+                .map(|s| StoredSlot {
+                    name: s
+                        .stem
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    level: s.level,
+                    learned: s.learned,
+                    written_at: s.written_at,
+                })
+                .collect(),
+            current: self.current,
+        };
+        let path = self.dir.join(INDEX_FILE);
+        let tmp = self.dir.join(format!("{INDEX_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(&index)
+            .map_err(|e| AgentError::Config(format!("memory index: {e}")))?;
+        std::fs::write(&tmp, text).map_err(AgentError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))
+    }
+
+    /// Slots kept.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no world is kept.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     /// The directory the slots' files go to (created by the caller before saving).
@@ -122,6 +231,40 @@ pub fn fits(mean: f64, level: f64, broken: f64, tol: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_survives_a_restart_and_a_bad_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Memory::new(dir.path(), 4);
+        let a = m.keep(0.9, 0, 20_000);
+        m.set_current(None);
+        let b = m.keep(0.8, 20_000, 40_000);
+        std::fs::create_dir_all(m.dir()).unwrap();
+        for k in [a, b] {
+            std::fs::write(m.slot(k).unwrap().stem.with_extension("safetensors"), b"x").unwrap();
+        }
+        m.save().unwrap();
+        let back = Memory::load(dir.path(), 4).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.slot(a), m.slot(a));
+        assert_eq!(back.slot(b), m.slot(b));
+        assert_eq!(back.candidates(b), vec![a]);
+        assert_eq!(back.current, Some(b));
+        // No index: an empty memory, not an error.
+        let other = tempfile::tempdir().unwrap();
+        assert!(Memory::load(other.path(), 4).unwrap().is_empty());
+        // A slot that points elsewhere, a truncated index, a slot without its file: errors.
+        let index = dir.path().join(MEMORY_DIR).join(INDEX_FILE);
+        let good = std::fs::read_to_string(&index).unwrap();
+        for bad in [
+            good.replace("world-0", "../../etc/passwd"),
+            good[..good.len() / 2].to_string(),
+            good.replace("world-1", "world-7"),
+        ] {
+            std::fs::write(&index, bad).unwrap();
+            assert!(Memory::load(dir.path(), 4).is_err());
+        }
+    }
 
     #[test]
     fn a_learner_fits_when_it_wins_back_half_of_the_fall() {

@@ -829,3 +829,83 @@ impl LearnerKind for Dqn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autodidact_core::{BlockConfig, HeadConfig};
+    use autodidact_replay::{
+        ActionRef, ActionSpace, Dtype, EpisodeEnd, ReplayStore, RunSpec, StoreOptions,
+    };
+
+    /// A learner saved after a head reset and loaded again learns on with the learning rate
+    /// the unbroken learner has: the reset's schedule (over the updates left at the reset) is
+    /// what the loaded optimizer follows, not one over the whole plan.
+    #[test]
+    fn a_learner_loaded_after_a_head_reset_keeps_the_resets_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            ReplayStore::open(dir.path().join("replay.sqlite"), StoreOptions::default()).unwrap();
+        let run = store
+            .create_run(&RunSpec {
+                env_id: "test".into(),
+                obs_dims: vec![2],
+                obs_dtype: Dtype::F32,
+                action_space: ActionSpace::Discrete { n: 2 },
+                config: serde_json::json!({}),
+                code_version: "test".into(),
+            })
+            .unwrap();
+        let handle = store.start_writer(Default::default()).unwrap();
+        let w = handle.writer();
+        for e in 0..20 {
+            let mut ep = w.begin_episode(&run, None);
+            for t in 0..10 {
+                let o = [e as f32 * 0.1, t as f32 * 0.1];
+                ep.push(&o, ActionRef::Discrete(t % 2), 1.0, None).unwrap();
+            }
+            ep.finish(&[0.0, 1.0], EpisodeEnd::Terminated).unwrap();
+        }
+        w.flush().unwrap();
+        let cfg = DqnConfig {
+            batch_size: 8,
+            learning_starts: 0,
+            ..DqnConfig::default()
+        };
+        let net = NetworkConfig {
+            obs_dim: 2,
+            d_model: 8,
+            blocks: vec![BlockConfig::Dense { d_hidden: 8 }],
+            head: HeadConfig::Linear { out_dim: 2 },
+            normalize_obs: false,
+            obs_clip: 5.0,
+        };
+        let planned = 1_000;
+        let mut l = DqnLearner::new(
+            cfg.clone(),
+            net,
+            store.sampler(),
+            3,
+            planned,
+            Precision::F32,
+        )
+        .unwrap();
+        for _ in 0..300 {
+            l.update().unwrap();
+        }
+        assert!(l.reset_head().unwrap());
+        for _ in 0..100 {
+            l.update().unwrap();
+        }
+        let stem = dir.path().join("learner");
+        l.save(&stem).unwrap();
+        let back =
+            DqnLearner::load(cfg, &stem, store.sampler(), 3, planned, Precision::F32).unwrap();
+        let lr = |l: &DqnLearner| l.opt.config.lr_at(l.opt.steps() + 1);
+        let (a, b) = (lr(&l), lr(&back));
+        assert_eq!(
+            a, b,
+            "the loaded learner's learning rate {b} differs from {a}"
+        );
+    }
+}

@@ -224,16 +224,16 @@ fn drift_recovery(
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let drift_only = args.iter().any(|a| a == "--drift-only");
-    // `--act-with learner`: the actors act with the learner's newest weights (the default,
-    // `champion`: with promoted models only).
+    // `--act-with champion`: the actors act with promoted models only (the default, `learner`:
+    // with the learner's newest weights).
     let act_with = match args
         .iter()
         .position(|a| a == "--act-with")
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
     {
-        Some("learner") => ActWith::Learner,
-        _ => ActWith::Champion,
+        Some("champion") => ActWith::Champion,
+        _ => ActWith::Learner,
     };
     let seeds: u64 = args
         .iter()
@@ -329,8 +329,8 @@ fn main() {
     if drift_only {
         command.push_str(" -- --drift-only");
     }
-    if act_with == ActWith::Learner {
-        command.push_str(" --act-with learner");
+    if act_with == ActWith::Champion {
+        command.push_str(" --act-with champion");
     }
     let mut out = serde_json::json!({
         "area": "daemon",
@@ -345,8 +345,8 @@ fn main() {
     }
     // A partial run does not overwrite the whole run's figures.
     let file = match (drift_only, act_with) {
-        (true, ActWith::Learner) => "daemon-drift-learner.json",
-        (true, ActWith::Champion) => "daemon-drift.json",
+        (true, ActWith::Champion) => "daemon-drift-champion.json",
+        (true, ActWith::Learner) => "daemon-drift.json",
         (false, _) => "daemon.json",
     };
     common::write_results(file, &out);

@@ -11,7 +11,8 @@
 //! - [`runtime`] is what `train` and the daemon share: the run directory and its checkpoints;
 //! - [`train`] runs them together in a resumable run directory.
 //!
-//! [`daemon`] is how an agent lives: actors acting with the champion, a learner cutting
+//! [`daemon`] is how an agent lives: actors acting with the learner (the champion when the gate
+//! distrusts it), a learner cutting
 //! candidates, the evaluation [`gate`], [`drift`] detection and reflection passes, on one
 //! tokio runtime with an HTTP status endpoint.
 //!

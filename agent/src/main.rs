@@ -32,9 +32,9 @@ enum Command {
     /// background (Double DQN for discrete actions, Soft Actor-Critic for a bounded Box; see
     /// `learner.kind`). Ctrl-C stops cleanly; `--resume <run-dir>` continues.
     Train(TrainArgs),
-    /// Run the self-learning daemon: actors act with the champion model, a learner fine-tunes
-    /// candidates in the background, an evaluation gate promotes only candidates that are not
-    /// worse, drift in the world raises exploration, and reflection passes are recorded in the
+    /// Run the self-learning daemon: actors act with the learner's newest weights while it
+    /// fine-tunes in the background, an evaluation gate promotes only candidates that are not
+    /// worse (and the champion acts when the learner's candidate is clearly worse), drift in the world raises exploration, and reflection passes are recorded in the
     /// replay file. Serves /healthz, /status and /metrics. SIGTERM or Ctrl-C stops cleanly;
     /// running it again with the same --run-dir resumes, also after a crash.
     Daemon(DaemonArgs),

@@ -14,14 +14,20 @@
 //! own) — runs on the runtime's blocking threads; the HTTP endpoint, the reflection schedule
 //! and signal handling are async tasks.
 //!
-//! **Actors act with the champion only.** The learner trains continuously and every
+//! **Actors act with the learner, the gate guards.** Actors act with the learner's newest
+//! weights (`daemon.act_with`), as `train`'s do: a champion that changes only when a candidate
+//! passes lags the learner by thousands of steps, and the learner's own data then lacks what
+//! it just learned. While the gate finds the learner's last candidate clearly worse than the
+//! champion (by `gate.max_worse_se` standard errors beyond the margin, or broken outright),
+//! the champion acts instead, until the next promotion. With `act_with = "champion"` only
+//! promoted models act. The learner trains continuously and every
 //! `daemon.candidate_every` updates cuts a candidate: a checkpoint registered as a model version
 //! (status `candidate`, parent: the champion). The gate plays the candidate and the champion
 //! on the same fresh episodes without exploration and promotes the candidate only if it is not
 //! worse by the configured margin (a paired one-sided non-inferiority t-test, see
 //! [`crate::gate`]); NaN weights or a diverged loss reject it outright. Every decision is a
-//! `gate` reflection. A rejected candidate changes nothing the actors do; the learner goes on
-//! training and cuts the next one.
+//! `gate` reflection. The champion is what the run stands behind: what a restart resumes from,
+//! what `eval` and apps use; the learner goes on training and cuts the next candidate.
 //!
 //! **Reflection.** Besides the gate: `drift` reflections when Page-Hinkley detectors see the
 //! return fall or the observation statistics move ([`crate::drift`]); on a fall in return the

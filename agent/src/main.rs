@@ -45,6 +45,15 @@ enum Command {
     Replay(analysis::ReplayArgs),
     /// List the environment IDs this build knows (plus the `gym:`, `exec:` and `tcp:` prefixes).
     Envs,
+    /// Serve a world of this build (any ID of `autodidact envs`) on stdin/stdout with the
+    /// protocol of envs/PROTOCOL.md, until `close` or end of input: a native world then runs
+    /// as a separate program, e.g. `--env "exec:autodidact serve-env goal-regions:cycle:10000"`,
+    /// to check that nothing depends on a world being native, or to give another runtime one
+    /// of ours. Logs go to stderr; stdout carries only the protocol.
+    ServeEnv {
+        /// Environment ID to serve (see `autodidact envs`).
+        id: String,
+    },
     /// Run episodes of an environment with a simple policy and report the returns: the quickest
     /// check that an environment (native, Gymnasium, or your own program) works with autodidact.
     Rollout {
@@ -511,6 +520,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train_command(args)?,
         Command::Daemon(args) => daemon_command(args)?,
         Command::Eval(args) => eval_command(args)?,
+        Command::ServeEnv { id } => {
+            let mut e = autodidact_envs::make(&id).with_context(|| {
+                format!("cannot start environment `{id}` (see `autodidact envs`)")
+            })?;
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::stdout().lock();
+            let served = autodidact_envs::protocol::serve(e.as_mut(), &id, stdin, stdout);
+            let _ = e.close();
+            served.with_context(|| format!("serving `{id}` on stdin/stdout failed"))?;
+        }
         Command::Envs => {
             for id in autodidact_envs::known_ids() {
                 let note = match id.split(':').next() {

@@ -9,7 +9,10 @@ use crate::env::Env;
 use crate::error::{EnvError, Result};
 use crate::goal_regions::{GoalRegions, GoalSchedule};
 use crate::gridworld::{GridWorld, KEY_DOOR_MAP, SIMPLE_MAP};
-use crate::nonstationary::{Drift, DriftingBandit, NonStationaryCartPole};
+use crate::nonstationary::{
+    BANDIT_REGIMES, CARTPOLE_REGIMES, Drift, DriftingBandit, NonStationaryCartPole, RegimeBandit,
+    RegimeSchedule,
+};
 use crate::remote::{RemoteConfig, RemoteEnv, Transport};
 use crate::wrappers::{ClipAction, TimeLimit};
 
@@ -141,6 +144,29 @@ impl Registry {
             Arc::new(|spec: &str| {
                 let schedule = goal_regions_schedule(spec)?;
                 Ok(boxed(TimeLimit::new(GoalRegions::new(schedule)?, 100)?))
+            }),
+        );
+        // The same lettered regimes and returning cycle for CartPole (A standard, B motor
+        // reversed, C long heavy pole; 500-step episodes) and for a 10-armed bandit with fixed
+        // means per regime (100-pull episodes, unit reward noise like `bandit`).
+        r.prefixes.insert(
+            "cartpole-regimes:".into(),
+            Arc::new(|spec: &str| {
+                let schedule = RegimeSchedule::parse("cartpole-regimes", spec, CARTPOLE_REGIMES)?;
+                Ok(boxed(TimeLimit::new(
+                    NonStationaryCartPole::regimes(schedule)?,
+                    500,
+                )?))
+            }),
+        );
+        r.prefixes.insert(
+            "bandit-regimes:".into(),
+            Arc::new(|spec: &str| {
+                let schedule = RegimeSchedule::parse("bandit-regimes", spec, BANDIT_REGIMES)?;
+                Ok(boxed(TimeLimit::new(
+                    RegimeBandit::new(schedule, 1.0)?,
+                    100,
+                )?))
             }),
         );
         r.prefixes.insert(

@@ -1,6 +1,6 @@
-//! The continual benchmark (issue 14): how fast `train` re-adapts when its world changes, how
-//! fast it recalls a world it mastered before, and what it forgets, against a fresh agent
-//! started at each switch.
+//! The continual benchmark (issue 14): how fast `train` and the daemon re-adapt when their
+//! world changes, how fast they recall a world mastered before, and what they forget, against
+//! a fresh agent started at each switch.
 //!
 //! Worlds ([`worlds`]), each on the returning cycle A → B → A → B → C → A, `P` steps per phase,
 //! the regime hidden from the agent and changing only at a reset:
@@ -43,13 +43,22 @@
 //! boost, replay restart, head reset, recall) and dense networks of matched active and
 //! matched total parameters; on the other worlds the defaults and plain training.
 //!
-//! Not measured yet (see BENCHMARKS.md): the daemon. It is to come in as another
-//! [`Command`], producing the same episode list and checkpoints as [`run_train`].
+//! The daemon ([`Command::Daemon`], one actor, its defaults) runs where the world can be
+//! switched on command (`goal_regions`, `cartpole_reversal`): its gate plays in a world of its
+//! own, which a per-instance step schedule would leave behind, so the bench switches one
+//! control at each phase's step count ([`daemon_stream`]). Its rows: `daemon`, and on
+//! goal_regions `daemon_plain`, `daemon_no_recall` and `daemon_reflect_every_1s` (a reflection
+//! pass, reanalyse then lessons, every second: at bench speed the default minute is a whole
+//! run, so `daemon` is the row without reflection). Its ratios use `train`'s fresh agent as
+//! the reference; `first_ratio` (phase A ÷ the fresh agent on A) shows how fast each command
+//! learns a world from scratch.
 //!
 //! `cargo bench -p autodidact --bench continual [-- --quick] [--world NAME] [--seeds N]
 //! [--phase STEPS] [--fresh-only]` writes `target/autodidact-bench/continual.json`.
 
 mod common;
+#[path = "common/daemon_stream.rs"]
+mod daemon_stream;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -57,8 +66,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use autodidact::config::TrainConfig;
+use autodidact::daemon::EnvFactory;
 use autodidact::train::{Hooks, RunSetup, train};
 use autodidact_core::BlockConfig;
+use autodidact_envs::wrappers::TimeLimit;
+use autodidact_envs::{
+    CartPoleControl, CartPoleSchedule, Env, GoalControl, GoalRegions, GoalSchedule,
+    NonStationaryCartPole, nonstationary::cartpole_regime,
+};
 use common::{cpu_name, median, write_results};
 
 /// The regimes of the returning cycle, phase by phase (as `GoalSchedule::returning_cycle`).
@@ -127,6 +142,44 @@ struct World {
     floor: Floor,
     /// Every variant (ablations, dense networks) or only `train` and `train_plain`.
     all_variants: bool,
+    /// For the daemon: worlds whose regime follows one control, and how to set it (`None`:
+    /// the daemon does not run on this world).
+    controlled: Option<fn() -> Controlled>,
+}
+
+/// Worlds switched on command, for the daemon: the factory and the switch.
+type Controlled = (EnvFactory, Box<dyn Fn(usize)>);
+
+/// Goal-regions worlds following one [`GoalControl`].
+fn goal_regions_controlled() -> Controlled {
+    let regions = GoalRegions::new(GoalSchedule::Constant(0))
+        .expect("goal regions")
+        .control()
+        .regimes();
+    let control = GoalControl::new(regions).expect("goal control");
+    let c = control.clone();
+    let factory: EnvFactory = Arc::new(move |_id: &str| {
+        let w = GoalRegions::new(GoalSchedule::Constant(0))?.with_control(c.clone())?;
+        Ok(Box::new(TimeLimit::new(w, 100)?) as Box<dyn Env>)
+    });
+    (
+        factory,
+        Box::new(move |r| control.set(r).expect("a known regime")),
+    )
+}
+
+/// CartPoles following one [`CartPoleControl`], the regimes of `cartpole-regimes:`.
+fn cartpole_controlled() -> Controlled {
+    let control = CartPoleControl::default();
+    let c = control.clone();
+    let factory: EnvFactory = Arc::new(move |_id: &str| {
+        let w = NonStationaryCartPole::new(CartPoleSchedule::Constant)?.with_control(c.clone())?;
+        Ok(Box::new(TimeLimit::new(w, 500)?) as Box<dyn Env>)
+    });
+    (
+        factory,
+        Box::new(move |r| control.set(cartpole_regime(r).expect("a known regime"))),
+    )
 }
 
 /// The worlds, in run order.
@@ -141,6 +194,7 @@ fn worlds() -> Vec<World> {
             seeds: (2, 5),
             floor: Floor::Fixed(-1.0),
             all_variants: true,
+            controlled: Some(goal_regions_controlled),
         },
         World {
             name: "cartpole_reversal",
@@ -154,6 +208,7 @@ fn worlds() -> Vec<World> {
             seeds: (1, 3),
             floor: Floor::Random,
             all_variants: false,
+            controlled: Some(cartpole_controlled),
         },
         World {
             name: "bandit",
@@ -164,6 +219,7 @@ fn worlds() -> Vec<World> {
             seeds: (2, 5),
             floor: Floor::Random,
             all_variants: false,
+            controlled: None,
         },
         World {
             name: "goal_regions_exec",
@@ -176,14 +232,19 @@ fn worlds() -> Vec<World> {
             seeds: (2, 3),
             floor: Floor::Fixed(-1.0),
             all_variants: false,
+            controlled: None,
         },
     ]
 }
 
-/// What runs the agent. `daemon` is to be added as a second kind producing the same episodes.
-#[derive(Clone, Copy, Debug)]
+/// What runs the agent.
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Command {
+    /// `train` on the world's cycle ID (lockstep).
     Train,
+    /// The daemon (one actor) on the world's controlled form, switched by the bench at each
+    /// phase's step count ([`daemon_stream`]).
+    Daemon,
 }
 
 struct Variant {
@@ -282,6 +343,7 @@ fn run(
 ) -> Vec<(u64, f64)> {
     match command {
         Command::Train => run_train(env, steps, seed, o, dir),
+        Command::Daemon => panic!("the daemon runs on controlled worlds only (see `continual`)"),
     }
 }
 
@@ -422,16 +484,26 @@ fn continual(world: &World, phase: u64, seed: u64, v: &Variant, fresh: &Fresh) -
     let dir = tempfile::tempdir().expect("temporary run directory");
     let total = phase * CYCLE.len() as u64;
     let mut o = v.overrides.clone();
-    // A model at each phase's end (the first episode end past it), for forgetting.
-    o.push(format!("run.checkpoint_every={phase}"));
-    let eps = run(
-        v.command,
-        &format!("{}cycle:{phase}", world.cycle_prefix),
-        total,
-        seed,
-        &o,
-        dir.path(),
-    );
+    let eps = match v.command {
+        Command::Train => {
+            // A model at each phase's end (the first episode end past it), for forgetting.
+            o.push(format!("run.checkpoint_every={phase}"));
+            run(
+                v.command,
+                &format!("{}cycle:{phase}", world.cycle_prefix),
+                total,
+                seed,
+                &o,
+                dir.path(),
+            )
+        }
+        Command::Daemon => {
+            // Its candidates are its models; keep every file for the forgetting evaluation.
+            o.push("daemon.keep_checkpoints=100000".into());
+            let (factory, set) = world.controlled.expect("a controlled world")();
+            daemon_stream::run_daemon(dir.path(), factory, &*set, &CYCLE, phase, seed, &o).0
+        }
+    };
     let t = timeline(&eps);
     let latency = CYCLE
         .iter()
@@ -481,7 +553,7 @@ fn continual(world: &World, phase: u64, seed: u64, v: &Variant, fresh: &Fresh) -
 /// The variants the run compares: the defaults and plain training; with `all` and without
 /// `--quick` also one ablation per response and dense networks of matched active and total
 /// parameters.
-fn variants(quick: bool, all: bool) -> Vec<Variant> {
+fn variants(quick: bool, all: bool, daemon: bool) -> Vec<Variant> {
     let no_response = [
         "drift.boost_epsilon=0.0",
         "drift.restart_replay=false",
@@ -499,6 +571,32 @@ fn variants(quick: bool, all: bool) -> Vec<Variant> {
             no_response.iter().map(|s| s.to_string()).collect(),
         ),
     ];
+    if daemon {
+        let d = |name, overrides| Variant {
+            name,
+            command: Command::Daemon,
+            overrides,
+        };
+        variants.push(d("daemon", vec![]));
+        // The daemon's plain and ablation rows on the worlds with every variant only (time).
+        if all {
+            variants.push(d(
+                "daemon_plain",
+                no_response.iter().map(|s| s.to_string()).collect(),
+            ));
+        }
+        if !quick && all {
+            variants.push(d("daemon_no_recall", vec!["drift.recall=false".into()]));
+            // A reflection pass (reanalyse, lessons) every second instead of every minute:
+            // at bench speed a minute is tens of thousands of steps, so the default hardly
+            // ever runs one.
+            // (The defaults are then the row without reflection.)
+            variants.push(d(
+                "daemon_reflect_every_1s",
+                vec!["reflection.every_s=1.0".into()],
+            ));
+        }
+    }
     if !quick && all {
         for (name, o) in [
             ("train_no_boost", "drift.boost_epsilon=0.0"),
@@ -609,7 +707,7 @@ fn bench_world(
         "\n{:<26} {:>4}  {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}  {:>7} {:>7}   (* = not recovered within the phase)",
         "variant", "seed", "A", "B", "A'", "B'", "C", "A''", "forget", "auc"
     );
-    let vs = variants(quick, world.all_variants);
+    let vs = variants(quick, world.all_variants, world.controlled.is_some());
     let vs = if fresh_only { &vs[..1] } else { &vs[..] };
     let mut levels = serde_json::Map::new();
     for v in vs {
@@ -666,8 +764,14 @@ fn bench_world(
         if fresh_only {
             continue;
         }
-        let (mut adapt, mut recall, mut trend, mut forget, mut auc) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut adapt, mut recall, mut trend, mut forget, mut auc, mut first) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let mut unrecovered = 0usize;
         for seed in 0..seeds {
             let f = &fresh.runs[seed as usize];
@@ -689,6 +793,7 @@ fn bench_world(
             // Ratios against the fresh agent of the same seed and regime, per run the median
             // over its phases of each kind.
             let ratio = |k: usize| lat[k].0 as f64 / f[CYCLE[k]].0.max(1) as f64;
+            first.push(ratio(0));
             adapt.push(median(&[ratio(1), ratio(4)]));
             recall.push(median(&[ratio(2), ratio(3), ratio(5)]));
             trend.push(lat[5].0 as f64 / lat[2].0.max(1) as f64);
@@ -705,6 +810,13 @@ fn bench_world(
             unrec.clone(),
         ));
         results.push(result(name("recall_ratio"), "ratio", true, &recall, unrec));
+        results.push(result(
+            name("first_ratio"),
+            "ratio",
+            true,
+            &first,
+            serde_json::json!({}),
+        ));
         results.push(result(
             name("recovery_trend"),
             "ratio",

@@ -207,7 +207,7 @@ impl Shared {
         let stem = model_stem(next, steps);
         copy_checkpoint(&slot.stem, &self.dir.path.join(&stem))?;
         let metrics = serde_json::json!({
-            "steps": steps,
+            "env_steps": steps,
             "recalled_from": format!("world-{k}"),
             "level": slot.level,
         });

@@ -70,6 +70,12 @@ pub struct Drift {
     pub reference_mean: f64,
     /// Running mean at the alarm.
     pub mean: f64,
+    /// What the changed world pays the old policy ([`ReturnDrop`]: the mean of the recent
+    /// window's returns that fell, below the reference mean by the smallest fall that counts;
+    /// Page-Hinkley: the running mean). Not the recent mean: the alarm comes while the recent
+    /// window still holds episodes lived before the change, which lift its mean (even its
+    /// median) far above what the broken policy earns.
+    pub fallen_mean: f64,
 }
 
 /// A two-sided Page-Hinkley detector on one stream.
@@ -146,6 +152,7 @@ impl PageHinkley {
             after: self.n,
             reference_mean: self.reference_mean,
             mean: self.mean,
+            fallen_mean: self.mean,
         };
         self.reset();
         Some(alarm)
@@ -282,6 +289,19 @@ impl ReturnDrop {
             return None;
         };
         let after = self.window.len() as u64;
+        let bar = m_ref - self.cfg.min_drop * range;
+        let fallen: Vec<f64> = self
+            .window
+            .iter()
+            .copied()
+            .skip(split)
+            .filter(|&x| x < bar)
+            .collect();
+        let fallen_mean = if fallen.is_empty() {
+            m_rec
+        } else {
+            fallen.iter().sum::<f64>() / fallen.len() as f64
+        };
         self.window.clear();
         Some(Drift {
             direction,
@@ -292,6 +312,7 @@ impl ReturnDrop {
                 m_ref
             },
             mean: m_rec,
+            fallen_mean,
         })
     }
 
@@ -470,8 +491,17 @@ mod tests {
             assert!(d.update(x).is_none(), "a wobble alarmed at {i}");
         }
         // The goal moved: every episode times out.
-        let k = (1..=20).find(|_| d.update(-1.0).is_some());
+        let mut alarm = None;
+        let k = (1..=20).find(|_| {
+            alarm = d.update(-1.0);
+            alarm.is_some()
+        });
         assert!(k.is_some_and(|k| k <= 10), "{k:?}");
+        // The alarm comes while the recent window still holds the old world's returns: its
+        // mean is far above what the moved goal pays, the mean of the returns that fell is not.
+        let a = alarm.unwrap();
+        assert!(a.mean > -0.5, "{a:?}");
+        assert_eq!(a.fallen_mean, -1.0, "{a:?}");
     }
 
     #[test]

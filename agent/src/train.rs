@@ -897,7 +897,7 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
                 self.memory.set_current(None);
                 self.memory.save()?;
                 let queue = self.memory.candidates(k);
-                self.next_trial(end.steps, a.mean, queue, Vec::new())?;
+                self.next_trial(end.steps, a.fallen_mean, queue, Vec::new())?;
             }
         }
         if !noticed.observations.is_empty() {
@@ -991,9 +991,10 @@ impl<'a, 'c, 'h> TrainActing<'a, 'c, 'h> {
     }
 
     /// Counts an episode of the learner on trial; after `drift.recall_episodes` judges it: one
-    /// that wins back at least half of what the change took, and more than the return
-    /// detector's smallest fall ([`fits`]), becomes the learner again. An episode no better
-    /// than the broken policy ends its trial at once.
+    /// that plays at its remembered level and clearly above the broken policy (the mean of
+    /// the alarm's recent returns that fell), both by the return detector's smallest fall ([`fits`]),
+    /// becomes the learner again. An episode no better than the broken policy ends its trial
+    /// at once.
     fn trial_episode(&mut self, ret: f64) -> Result<()> {
         let drift = &self.c.drift;
         let Some(t) = self.trial.as_mut() else {

@@ -50,7 +50,7 @@ impl Shared {
             let (data, sentence) = return_drift(drift, steps, a, response);
             self.reflect("drift", version, data, sentence)?;
             let stuck = a.direction == Direction::Stuck;
-            self.remember_and_recall(a.reference_mean, a.mean, steps, stuck)?;
+            self.remember_and_recall(a.reference_mean, a.fallen_mean, steps, stuck)?;
         }
         if !noticed.observations.is_empty() {
             let boost = drift.boost_on_observations;

@@ -1,6 +1,6 @@
 //! The daemon's memory of the worlds it mastered (issue 14): at a change, the champion that
 //! played the world just gone is kept in a memory slot; the gate then tries the champions
-//! kept before in the new world, and one that wins back what the change took becomes the
+//! kept before in the new world, and one that plays at its remembered level becomes the
 //! champion again, and the learner goes on from it.
 //!
 //! The same memory as `train`'s ([`crate::runtime::memory`]); what differs is who plays the
@@ -115,8 +115,8 @@ impl Shared {
 
     /// Run by the gate between candidates: tries the remembered champions of a pending
     /// request, most recent first, for `drift.recall_episodes` greedy episodes each (one, if
-    /// it does no better than the broken champion). The first that wins back at least half of
-    /// what the change took ([`fits`]) is promoted, and the learner starts again from it.
+    /// it does no better than the broken champion). The first that plays at its remembered
+    /// level and clearly above the broken champion ([`fits`]) is promoted, and the learner starts again from it.
     pub(crate) fn recall_if_asked(&self, env: &mut dyn Env, policy: &mut dyn Policy) -> Result<()> {
         let Some(req) = lock(&self.recall).take() else {
             return Ok(());

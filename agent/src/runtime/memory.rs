@@ -5,7 +5,7 @@
 //! (`<run-dir>/memory/world-<k>.*`, the learner kind's own checkpoint layout) with the level it
 //! held. Then the remembered learners are tried in the new world, most recently learned first,
 //! each for a few greedy episodes (one, if it does no better than the broken policy); one that
-//! wins back at least half of what the change took ([`fits`]) is taken back as the learner, and its slot is refined at the next change. A slot is one world: a learner that was
+//! plays at its remembered level ([`fits`]) is taken back as the learner, and its slot is refined at the next change. A slot is one world: a learner that was
 //! recalled goes back to the slot it came from, a world learned anew gets a new one (the oldest
 //! is replaced once `drift.memory_slots` are full). In the spirit of Progress & Compress
 //! (Schwarz et al. 2018), the knowledge base is kept apart from the active learner, here as
@@ -220,12 +220,12 @@ impl Memory {
 }
 
 /// Whether a remembered learner that played `mean` over its trial fits the new world, where
-/// it once held `level` and the broken policy plays `broken`: it must win back at least half of
-/// what the change took (and more than `tol`, the return detector's smallest fall). Not its
-/// whole level: a trial is a few greedy episodes, and one short episode of a good policy
-/// (CartPole's pole falling once at 333 of 500) would otherwise turn the right world away.
+/// it once held `level` and the broken policy plays `broken`: it plays at its level and
+/// clearly better than the broken policy, both by `tol` (the return detector's smallest fall).
+/// A looser bar (half of what the change took) was measured worse: on the goal-regions cycle
+/// it took back half-fitting learners, and recall went from 0.33× to 0.67× a fresh start.
 pub fn fits(mean: f64, level: f64, broken: f64, tol: f64) -> bool {
-    mean > broken + tol && mean >= broken + 0.5 * (level - broken)
+    mean >= level - tol && mean > broken + tol
 }
 
 #[cfg(test)]
@@ -267,12 +267,14 @@ mod tests {
     }
 
     #[test]
-    fn a_learner_fits_when_it_wins_back_half_of_the_fall() {
+    fn a_learner_fits_when_it_plays_at_its_level_and_clearly_above_the_broken_policy() {
         // CartPole: held 490, the broken policy plays 10; a trial of 500, 500, 333 fits.
         assert!(fits(444.3, 490.0, 10.0, 96.0));
         assert!(!fits(200.0, 490.0, 10.0, 96.0));
-        // A world in [-1, 1]: a learner of another region times out (-1) and does not fit.
+        // A world in [-1, 1]: a learner of another region times out (-1) and does not fit, nor
+        // does one that finds the goal in two episodes of three.
         assert!(!fits(-0.95, 0.9, -1.0, 0.4));
+        assert!(!fits(0.26, 0.9, -1.0, 0.4));
         assert!(fits(0.85, 0.9, -1.0, 0.4));
         // No better than the broken policy by the smallest fall: not a fit, whatever the level.
         assert!(!fits(0.1, 0.0, 0.0, 0.2));

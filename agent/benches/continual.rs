@@ -684,6 +684,50 @@ fn report(results: &[serde_json::Value], worlds: &[serde_json::Value], quick: bo
 /// Fresh-start references already computed, by fixed-world prefix, phase and network.
 type FreshCache = HashMap<(String, u64, String), Fresh>;
 
+/// The fresh-start reference of `world` for the network overrides `net` (`dense`: not the
+/// default MoE), `seeds` fresh agents per regime; prints each seed's latencies and levels.
+fn fresh_reference(
+    world: &World,
+    phase: u64,
+    seeds: u64,
+    net: &[String],
+    dense: bool,
+    started: std::time::Instant,
+) -> Fresh {
+    let raw: Vec<_> = (0..seeds).map(|s| fresh(world, phase, s, net)).collect();
+    let f = settle(&raw, phase, floors(world));
+    for (s, run) in f.runs.iter().enumerate() {
+        let cell = |x: &(u64, bool)| format!("{}{}", x.0, if x.1 { "" } else { "*" });
+        println!(
+            "{:<26} {:>4}  {:>7} {:>7} {:>7}   (own levels {:.2} {:.2} {:.2}; first 20 \
+             episodes {:.2} {:.2} {:.2})",
+            format!("fresh {}", if dense { "dense" } else { "moe" }),
+            s,
+            cell(&run[0]),
+            cell(&run[1]),
+            cell(&run[2]),
+            raw[s][0].1,
+            raw[s][1].1,
+            raw[s][2].1,
+            raw[s][0].0,
+            raw[s][1].0,
+            raw[s][2].0,
+        );
+    }
+    println!(
+        "{:<26}       levels {:.2} {:.2} {:.2}, floors {:.2} {:.2} {:.2}  ({:.0} s so far)",
+        "fresh (median of seeds)",
+        f.level[0],
+        f.level[1],
+        f.level[2],
+        f.floor[0],
+        f.floor[1],
+        f.floor[2],
+        started.elapsed().as_secs_f64()
+    );
+    f
+}
+
 /// Runs every variant of `world`; appends its results.
 fn bench_world(
     world: &World,
@@ -723,37 +767,7 @@ fn bench_world(
             .get(&key)
             .is_none_or(|f| (f.runs.len() as u64) < seeds)
         {
-            let raw: Vec<_> = (0..seeds).map(|s| fresh(world, phase, s, &net)).collect();
-            let f = settle(&raw, phase, floors(world));
-            for (s, run) in f.runs.iter().enumerate() {
-                let cell = |x: &(u64, bool)| format!("{}{}", x.0, if x.1 { "" } else { "*" });
-                println!(
-                    "{:<26} {:>4}  {:>7} {:>7} {:>7}   (own levels {:.2} {:.2} {:.2}; first 20 \
-                     episodes {:.2} {:.2} {:.2})",
-                    format!("fresh {}", if key.2.is_empty() { "moe" } else { "dense" }),
-                    s,
-                    cell(&run[0]),
-                    cell(&run[1]),
-                    cell(&run[2]),
-                    raw[s][0].1,
-                    raw[s][1].1,
-                    raw[s][2].1,
-                    raw[s][0].0,
-                    raw[s][1].0,
-                    raw[s][2].0,
-                );
-            }
-            println!(
-                "{:<26}       levels {:.2} {:.2} {:.2}, floors {:.2} {:.2} {:.2}  ({:.0} s so far)",
-                "fresh (median of seeds)",
-                f.level[0],
-                f.level[1],
-                f.level[2],
-                f.floor[0],
-                f.floor[1],
-                f.floor[2],
-                started.elapsed().as_secs_f64()
-            );
+            let f = fresh_reference(world, phase, seeds, &net, !key.2.is_empty(), started);
             cache.insert(key.clone(), f);
         }
         let fresh = &cache[&key];

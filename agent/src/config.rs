@@ -77,9 +77,10 @@ pub struct RunConfig {
     pub eval_episodes: usize,
     /// Precision of the acting snapshot: `f32`, `bf16` or `f16`.
     pub acting_precision: PrecisionName,
-    /// Threads of the learner's own rayon pool (0 = one per core). The actor has a thread of
-    /// its own, so on small networks one learner thread avoids contending with it.
-    pub learner_threads: usize,
+    /// Threads of the learner's own rayon pool (0 = one per core); unset, the learner's kind
+    /// chooses ([`crate::learners::LearnerPlan::threads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_threads: Option<usize>,
 }
 
 impl Default for RunConfig {
@@ -93,7 +94,7 @@ impl Default for RunConfig {
             eval_every: 0,
             eval_episodes: 20,
             acting_precision: PrecisionName::F32,
-            learner_threads: 1,
+            learner_threads: None,
         }
     }
 }
@@ -252,7 +253,10 @@ impl RunConfig {
         bounds::int("run.eval_every", self.eval_every, 0, MAX_STEPS)?;
         bounds::size("run.eval_episodes", self.eval_episodes, 1, MAX_EPISODES)?;
         bounds::int("run.max_lead_steps", self.max_lead_steps, 0, MAX_LEAD_STEPS)?;
-        bounds::size("run.learner_threads", self.learner_threads, 0, MAX_THREADS)
+        match self.learner_threads {
+            Some(t) => bounds::size("run.learner_threads", t, 0, MAX_THREADS),
+            None => Ok(()),
+        }
     }
 }
 

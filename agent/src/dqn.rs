@@ -751,6 +751,9 @@ impl LearnerKind for Dqn {
             gamma: c.gamma,
             lr: c.lr,
             lr_final_ratio: c.lr_final_ratio,
+            // One matrix chain per update, too small to split across threads: a second
+            // thread was no faster and slowed the actor it competed with (BENCHMARKS.md).
+            threads: 1,
         }
     }
 

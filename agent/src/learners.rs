@@ -71,6 +71,9 @@ pub struct LearnerPlan {
     pub lr: f32,
     /// The learning rate decays to `lr · lr_final_ratio`.
     pub lr_final_ratio: f32,
+    /// Threads of the learner's pool when the config leaves them unset: the ones its update
+    /// can keep busy beside the actor's thread.
+    pub threads: usize,
 }
 
 /// Everything a learner is made from, besides its own config section.
@@ -111,6 +114,16 @@ pub trait LearnerKind: Sync {
     fn action_space(&self, space: &Space) -> Result<ActionSpace>;
     /// The policy that acts with its published weights in `space`.
     fn policy(&self, space: &Space) -> Result<Box<dyn Policy>>;
+    /// The policy the actors explore with: [`Self::policy`] shaped by the learner's config
+    /// (SAC's correlated noise, say). Evaluation and the gate act greedily with `policy`.
+    fn exploring_policy(
+        &self,
+        configs: LearnerConfigs<'_>,
+        space: &Space,
+    ) -> Result<Box<dyn Policy>> {
+        let _ = configs;
+        self.policy(space)
+    }
     /// The figures the runtime schedules it by.
     fn plan(&self, configs: LearnerConfigs<'_>) -> LearnerPlan;
     /// Updates a run of `total_steps` steps plans for (its learning-rate schedule's length).

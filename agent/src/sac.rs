@@ -98,6 +98,9 @@ pub struct SacConfig {
     pub per_eps: f32,
     /// Publish acting weights every this many updates.
     pub publish_every: u64,
+    /// Temporal correlation ρ of the actors' exploration noise (0 = independent, as in the
+    /// papers). See [`ExplorationNoise`].
+    pub noise_rho: f32,
 }
 
 impl Default for SacConfig {
@@ -122,6 +125,7 @@ impl Default for SacConfig {
             per_beta0: 0.4,
             per_eps: 1e-3,
             publish_every: 10,
+            noise_rho: 0.0,
         }
     }
 }
@@ -148,7 +152,8 @@ impl SacConfig {
         bounds::real("sac.per_alpha", self.per_alpha, 0.0, 10.0)?;
         bounds::real("sac.per_beta0", self.per_beta0, 0.0, 1.0)?;
         bounds::real("sac.per_eps", self.per_eps.into(), 1e-12, 1e6)?;
-        bounds::int("sac.publish_every", self.publish_every, 1, MAX_STEPS)
+        bounds::int("sac.publish_every", self.publish_every, 1, MAX_STEPS)?;
+        bounds::real("sac.noise_rho", self.noise_rho.into(), 0.0, 0.999)
     }
 
     /// Gradient updates a run of `total_steps` environment steps plans for.
@@ -323,7 +328,6 @@ fn concat(left: &Tensor, right: &Tensor, out: &mut Tensor) {
 #[derive(Clone, Debug, Default)]
 struct ActorScratch {
     x: Tensor,
-    q1: Vec<f32>,
     d_q1: Tensor,
     d_q2: Tensor,
     d_action: Tensor,
@@ -349,26 +353,30 @@ fn actor_loss(
     let (action, log_prob) = pi.forward(raw, eps)?;
     concat(obs, action, &mut s.x);
     let [q1_net, q2_net] = critics;
-    s.q1.clear();
-    s.q1.extend_from_slice(q1_net.forward(&s.x, true)?.data());
-    let q2 = q2_net.forward(&s.x, true)?;
+    let x = &s.x;
+    let (q1, q2) = rayon::join(|| q1_net.forward(x, true), || q2_net.forward(x, true));
+    let (q1, q2) = (q1?.data(), q2?.data());
     let inv = 1.0 / rows as f32;
     s.d_q1.resize(&[rows, 1]);
     s.d_q2.resize(&[rows, 1]);
     s.d_log_prob.clear();
     let mut loss = 0.0f64;
     for (i, &lp) in log_prob.iter().enumerate() {
-        let (a, b) = (s.q1[i], q2.data()[i]);
+        let (a, b) = (q1[i], q2[i]);
         let first = a <= b;
         loss += f64::from(alpha * lp - if first { a } else { b });
         s.d_q1.data_mut()[i] = if first { -inv } else { 0.0 };
         s.d_q2.data_mut()[i] = if first { 0.0 } else { -inv };
         s.d_log_prob.push(alpha * inv);
     }
+    let (d_q1, d_q2) = (&s.d_q1, &s.d_q2);
+    let (d_x1, d_x2) = rayon::join(
+        || q1_net.input_gradient(d_q1),
+        || q2_net.input_gradient(d_q2),
+    );
     s.d_action.resize(&[rows, a_dim]);
     s.d_action.fill(0.0);
-    for (net, d_q) in [(q1_net, &s.d_q1), (q2_net, &s.d_q2)] {
-        let d_x = net.input_gradient(d_q)?;
+    for d_x in [d_x1?, d_x2?] {
         for i in 0..rows {
             for (d, &g) in s.d_action.row_mut(i).iter_mut().zip(&d_x.row(i)[obs_dim..]) {
                 *d += g;
@@ -423,8 +431,9 @@ pub struct SacLearner {
     eps: Tensor,
     x: Tensor,
     y: Vec<f32>,
-    q_next: Vec<f32>,
-    grad: Tensor,
+    /// Each critic's loss gradient, and half its |δ| (their sum is the priority).
+    grad: [Tensor; 2],
+    td: [Vec<f32>; 2],
     prios: Vec<f32>,
     scratch: ActorScratch,
 }
@@ -640,8 +649,8 @@ impl SacLearner {
             eps: Tensor::default(),
             x: Tensor::default(),
             y: Vec::new(),
-            q_next: Vec::new(),
-            grad: Tensor::default(),
+            grad: Default::default(),
+            td: Default::default(),
             prios: Vec::new(),
             scratch: ActorScratch::default(),
         })
@@ -727,17 +736,18 @@ impl SacLearner {
         y: &[f32],
         weights: &[f32],
         grad: &mut Tensor,
-        abs_td: &mut [f32],
+        half_abs_td: &mut Vec<f32>,
     ) -> Result<(f32, f32, StepOutcome)> {
         let rows = y.len();
         let q = net.forward(x, true)?;
         grad.resize(&[rows, 1]);
+        half_abs_td.clear();
         let mut loss = 0.0f64;
         for i in 0..rows {
             let d = q.data()[i] - y[i];
             loss += f64::from(0.5 * weights[i] * d * d);
             grad.data_mut()[i] = weights[i] * d / rows as f32;
-            abs_td[i] += 0.5 * d.abs();
+            half_abs_td.push(0.5 * d.abs());
         }
         let loss = (loss / rows as f64) as f32;
         net.backward(grad)?;
@@ -789,40 +799,36 @@ impl Learner for SacLearner {
         fill_normal(&mut self.rng, &mut self.eps, rows, a_dim);
         let (a_next, logp_next) = self.pi.forward(raw_next, &self.eps)?;
         concat(&self.next, a_next, &mut self.x);
-        self.q_next.clear();
-        self.q_next
-            .extend_from_slice(self.q1_target.forward(&self.x, false)?.data());
-        let q2_next = self.q2_target.forward(&self.x, false)?;
+        let x = &self.x;
+        let (q1_next, q2_next) = rayon::join(
+            || self.q1_target.forward(x, false),
+            || self.q2_target.forward(x, false),
+        );
+        let (q1_next, q2_next) = (q1_next?.data(), q2_next?.data());
         let b = &self.batch;
         self.y.clear();
         for (i, &lp) in logp_next.iter().enumerate() {
-            let soft = self.q_next[i].min(q2_next.data()[i]) - alpha * lp;
+            let soft = q1_next[i].min(q2_next[i]) - alpha * lp;
             self.y.push(b.rewards[i] + b.discounts[i] * soft);
         }
 
-        // 3. Both critics on the stored actions.
+        // 3. Both critics on the stored actions. The twins are independent until the actor
+        // step, so they learn side by side when the learner's pool has a second thread.
         concat(&self.obs, &self.act, &mut self.x);
+        let (x, y, w) = (&self.x, &self.y[..], &self.batch.weights[..rows]);
+        let ([g1, g2], [td1, td2]) = (&mut self.grad, &mut self.td);
+        let (r1, r2) = rayon::join(
+            || Self::critic_step(&mut self.q1, &mut self.q1_opt, x, y, w, g1, td1),
+            || Self::critic_step(&mut self.q2, &mut self.q2_opt, x, y, w, g2, td2),
+        );
+        let ((l1, aux1, _), (l2, aux2, outcome)) = (r1?, r2?);
         self.prios.clear();
-        self.prios.resize(rows, self.cfg.per_eps);
-        let w = &self.batch.weights[..rows];
-        let (l1, aux1, _) = Self::critic_step(
-            &mut self.q1,
-            &mut self.q1_opt,
-            &self.x,
-            &self.y,
-            w,
-            &mut self.grad,
-            &mut self.prios,
-        )?;
-        let (l2, aux2, outcome) = Self::critic_step(
-            &mut self.q2,
-            &mut self.q2_opt,
-            &self.x,
-            &self.y,
-            w,
-            &mut self.grad,
-            &mut self.prios,
-        )?;
+        self.prios.extend(
+            self.td[0]
+                .iter()
+                .zip(&self.td[1])
+                .map(|(&a, &b)| self.cfg.per_eps + a + b),
+        );
         let applied = matches!(outcome, StepOutcome::Applied { .. });
         if self.cfg.prioritized && applied && self.prios.iter().all(|p| p.is_finite()) {
             self.sampler
@@ -858,8 +864,13 @@ impl Learner for SacLearner {
         }
 
         // 6. The target critics follow.
-        polyak_update(&mut self.q1_target, &self.q1, self.cfg.tau)?;
-        polyak_update(&mut self.q2_target, &self.q2, self.cfg.tau)?;
+        let tau = self.cfg.tau;
+        let (p1, p2) = rayon::join(
+            || polyak_update(&mut self.q1_target, &self.q1, tau),
+            || polyak_update(&mut self.q2_target, &self.q2, tau),
+        );
+        p1?;
+        p2?;
         self.updates += 1;
         let loss = 0.5 * (l1 + l2);
         self.record(loss, outcome);
@@ -978,6 +989,7 @@ impl Learner for SacLearner {
 /// sample of the squashed Gaussian (or, with probability `level`, a uniformly random action),
 /// both mapped onto the bounds.
 pub struct SacPolicy {
+    noise: ExplorationNoise,
     scale: ActionScale,
     obs: Tensor,
     raw: Tensor,
@@ -990,11 +1002,18 @@ pub struct SacPolicy {
 }
 
 impl SacPolicy {
+    /// A policy exploring with noise correlated by `rho` over time ([`ExplorationNoise`]).
+    pub fn with_noise_rho(mut self, rho: f32) -> Self {
+        self.noise = ExplorationNoise::new(rho, self.scale.dim());
+        self
+    }
+
     /// A policy acting in `space` (a one-dimensional `Box` with finite bounds).
     pub fn new(space: &Space) -> Result<Self> {
         let scale = ActionScale::new(space)?;
         let a = scale.dim();
         Ok(SacPolicy {
+            noise: ExplorationNoise::new(0.0, a),
             scale,
             obs: Tensor::default(),
             raw: Tensor::default(),
@@ -1043,11 +1062,21 @@ impl Policy for SacPolicy {
                 for e in &mut self.eps {
                     *e = normal(rng);
                 }
+                self.noise.correlate(&mut self.eps);
                 coin
             }
         };
         if random {
-            self.scale.uniform(&self.u01, &mut self.action);
+            if self.noise.is_white() {
+                self.scale.uniform(&self.u01, &mut self.action);
+            } else {
+                // The warm-up's random actions follow the correlated noise too: independent
+                // uniform pushes cancel out, and a car that must rock never leaves the valley.
+                for (u, &e) in self.unit.iter_mut().zip(&self.eps) {
+                    *u = e.clamp(-1.0, 1.0);
+                }
+                self.scale.to_env(&self.unit, &mut self.action);
+            }
             return Ok(Acted {
                 action: Action::Continuous(self.action.clone()),
                 value: f32::NAN,
@@ -1069,6 +1098,48 @@ impl Policy for SacPolicy {
             action: Action::Continuous(self.action.clone()),
             value,
         })
+    }
+}
+
+/// Exploration noise correlated over time: each step's standard-normal draw `n` becomes
+/// `ε ← ρ ε + √(1 − ρ²) n`, an AR(1) process (the Ornstein–Uhlenbeck noise of DDPG,
+/// Lillicrap et al. 2016, in discrete time) whose every step is still standard normal, so the
+/// actor's σ keeps its meaning, but whose pushes keep one direction for about 1/(1 − ρ) steps.
+/// Temporally correlated noise in place of SAC's white noise is Eberhard et al. 2023, "Pink
+/// Noise Is All You Need: Colored Noise Exploration in Deep Reinforcement Learning" (ICLR),
+/// who found it decisive on MountainCarContinuous. ρ = 0 is the paper's independent noise.
+/// The state lives in the actor's policy: a resumed run starts it afresh, so only ρ = 0
+/// resumes bit-exactly.
+#[derive(Clone, Debug)]
+pub struct ExplorationNoise {
+    rho: f32,
+    state: Vec<f32>,
+}
+
+impl ExplorationNoise {
+    /// Noise of `dims` dimensions with correlation `rho` ∈ [0, 1).
+    pub fn new(rho: f32, dims: usize) -> Self {
+        ExplorationNoise {
+            rho,
+            state: vec![0.0; dims],
+        }
+    }
+
+    /// Independent draws: [`Self::correlate`] leaves them as they are.
+    pub fn is_white(&self) -> bool {
+        self.rho == 0.0
+    }
+
+    /// Turns independent standard-normal draws `eps` into this step's correlated ones.
+    pub fn correlate(&mut self, eps: &mut [f32]) {
+        if self.is_white() {
+            return;
+        }
+        let fresh = (1.0 - self.rho * self.rho).sqrt();
+        for (s, e) in self.state.iter_mut().zip(eps.iter_mut()) {
+            *s = self.rho * *s + fresh * *e;
+            *e = *s;
+        }
     }
 }
 
@@ -1109,6 +1180,16 @@ impl LearnerKind for Sac {
         Ok(Box::new(SacPolicy::new(space)?))
     }
 
+    fn exploring_policy(
+        &self,
+        configs: LearnerConfigs<'_>,
+        space: &Space,
+    ) -> Result<Box<dyn Policy>> {
+        Ok(Box::new(
+            SacPolicy::new(space)?.with_noise_rho(configs.sac.noise_rho),
+        ))
+    }
+
     fn plan(&self, configs: LearnerConfigs<'_>) -> LearnerPlan {
         let c = configs.sac;
         LearnerPlan {
@@ -1120,6 +1201,9 @@ impl LearnerKind for Sac {
             gamma: c.gamma,
             lr: c.lr,
             lr_final_ratio: c.lr_final_ratio,
+            // The twin critics learn side by side (`rayon::join` in `update`): on Pendulum,
+            // 4 000 steps took 8.4 – 9.1 s instead of 12.8 – 15.4 s.
+            threads: 2,
         }
     }
 
@@ -1299,5 +1383,56 @@ mod tests {
             .is_err()
         );
         assert!(ActionScale::new(&Space::Discrete { n: 2 }).is_err());
+    }
+
+    /// Lag-1 correlation of a series.
+    fn lag1(xs: &[f32]) -> f32 {
+        let m = xs.iter().sum::<f32>() / xs.len() as f32;
+        let var: f32 = xs.iter().map(|x| (x - m).powi(2)).sum();
+        let cov: f32 = xs.windows(2).map(|w| (w[0] - m) * (w[1] - m)).sum();
+        cov / var
+    }
+
+    /// Correlated noise keeps a standard normal's spread but pushes one way for many steps,
+    /// and the warm-up's random actions it drives stay inside the bounds; ρ = 0 is white.
+    #[test]
+    fn correlated_noise_is_unit_normal_and_persistent_and_actions_stay_in_bounds() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut noise = ExplorationNoise::new(0.98, 1);
+        let xs: Vec<f32> = (0..20_000)
+            .map(|_| {
+                let mut e = [normal(&mut rng)];
+                noise.correlate(&mut e);
+                e[0]
+            })
+            .collect();
+        let var = xs.iter().map(|x| x * x).sum::<f32>() / xs.len() as f32;
+        assert!((0.8..1.2).contains(&var), "variance {var}");
+        assert!((0.95..0.995).contains(&lag1(&xs)), "lag-1 {}", lag1(&xs));
+
+        let space = Space::Box {
+            low: vec![-2.0],
+            high: vec![2.0],
+            shape: vec![1],
+        };
+        let actor = Snapshot::from_network(&dense(3, 2, 1), Precision::F32).unwrap();
+        let explore = ActMode::Explore { level: 1.0 };
+        let mut warm_up = |rho: f32| {
+            let mut policy = SacPolicy::new(&space).unwrap().with_noise_rho(rho);
+            (0..2_000)
+                .map(|_| {
+                    let acted = policy.act(&actor, &[0.1, 0.2, 0.3], explore, &mut rng);
+                    let action = acted.unwrap().action;
+                    assert!(space.validate(&action).is_ok(), "{action:?}");
+                    match action {
+                        Action::Continuous(a) => a[0],
+                        other => panic!("a Box policy acted with {other:?}"),
+                    }
+                })
+                .collect::<Vec<f32>>()
+        };
+        let (white, red) = (warm_up(0.0), warm_up(0.98));
+        assert!(lag1(&white).abs() < 0.1, "white lag-1 {}", lag1(&white));
+        assert!(lag1(&red) > 0.9, "correlated lag-1 {}", lag1(&red));
     }
 }

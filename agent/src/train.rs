@@ -350,7 +350,7 @@ impl LearnerHost {
         shared: &Arc<Shared>,
         state: &RunState,
     ) -> Result<LearnerHost> {
-        let pool = learner_pool(c.run.learner_threads)?;
+        let pool = learner_pool(c.run.learner_threads.unwrap_or(plan.threads))?;
         if c.run.mode == Mode::Lockstep {
             return Ok(LearnerHost::Inline {
                 learner,
@@ -590,7 +590,7 @@ pub fn train(setup: RunSetup, hooks: Hooks<'_>) -> Result<TrainReport> {
         publish_every: plan.publish_every,
         pinned: AtomicBool::new(false),
     });
-    let policy = kind.policy(&space)?;
+    let policy = kind.exploring_policy(c.learners(), &space)?;
     let mut actor = make_actor(c, &shared, &writer, &run, policy, &state, &run_dir)?;
     let mut host = LearnerHost::start(c, &plan, learner, &shared, &state)?;
     let mut ck = Checkpointer {

@@ -50,7 +50,8 @@ fn concat(l: &Tensor, r: &Tensor, out: &mut Tensor) {
 }
 
 fn main() {
-    // Like the agent's learner: inside a pool of one thread (`run.learner_threads = 1`).
+    // On one thread (`run.learner_threads = 1`); the agent's SAC learner, by default, runs
+    // the twin critics side by side on two.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

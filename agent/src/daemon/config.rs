@@ -129,8 +129,10 @@ pub struct DaemonSection {
     /// 8.6 – 11.3 k); a goal region 5.99 – 6.24 k against 6.56 – 13.9 k; CartPole to 450
     /// 16.5 – 19.9 k against 18.8 – 27.2 k.
     pub act_with: ActWith,
-    /// Threads of the learner's pool.
-    pub learner_threads: usize,
+    /// Threads of the learner's pool; unset, the learner's kind chooses
+    /// ([`crate::learners::LearnerPlan::threads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_threads: Option<usize>,
     /// Seconds a graceful stop (SIGTERM, SIGINT) may take before the process exits anyway;
     /// committed data is safe either way.
     pub shutdown_timeout_s: f64,
@@ -158,7 +160,7 @@ impl Default for DaemonSection {
             keep_checkpoints: 20,
             acting_precision: PrecisionName::F32,
             act_with: ActWith::Learner,
-            learner_threads: 1,
+            learner_threads: None,
             shutdown_timeout_s: 15.0,
             unhealthy_after_faults: 10,
             fault_backoff_max_s: 30.0,
@@ -349,12 +351,9 @@ impl DaemonSection {
         bounds::int("daemon.rollback_after", self.rollback_after, 0, 1_000_000)?;
         // At least 1: the candidate being judged needs its file.
         bounds::int("daemon.keep_checkpoints", self.keep_checkpoints, 1, 100_000)?;
-        bounds::size(
-            "daemon.learner_threads",
-            self.learner_threads,
-            1,
-            MAX_THREADS,
-        )?;
+        if let Some(t) = self.learner_threads {
+            bounds::size("daemon.learner_threads", t, 1, MAX_THREADS)?;
+        }
         bounds::real(
             "daemon.shutdown_timeout_s",
             self.shutdown_timeout_s,

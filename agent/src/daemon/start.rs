@@ -426,7 +426,9 @@ fn spawn_learner(
     requests: Receiver<LearnerRequest>,
     gate: SyncSender<Candidate>,
 ) -> Result<Task<Box<dyn Learner>>> {
-    let pool = learner_pool(shared.cfg.daemon.learner_threads)?;
+    let threads = (shared.cfg.daemon.learner_threads)
+        .unwrap_or_else(|| shared.dir.kind.plan(shared.cfg.learners()).threads);
+    let pool = learner_pool(threads)?;
     let s = shared.clone();
     Ok(rt.spawn_blocking(move || {
         let _guard = FailOnPanic(s.clone(), "learner");
@@ -472,7 +474,10 @@ fn spawn_actors(
         let actor = PolicyActor::new(
             shared.behaviour.clone(),
             adder,
-            shared.dir.kind.policy(&shared.dir.action_space)?,
+            shared
+                .dir
+                .kind
+                .exploring_policy(cfg.learners(), &shared.dir.action_space)?,
             episode_seed(cfg.daemon.seed, ACTOR_STREAM + i as u64, episodes),
             shared.obs_stats.clone(),
         );
